@@ -1,0 +1,193 @@
+"""Auto-decoding many scenes with one shared decoder (REFERENCE 4-5: the rendering loss).
+
+Every training scene i has its own code x_i (triplane.CodeBank) and all scenes share the
+decoder psi. Codes and decoder are fitted jointly by minimising, per scene,
+
+    L_rend(x_i, psi) = lambda_rend * 1/|R| sum_{r in R} 1/2 || C(r; x_i, psi) - y_r ||^2
+                       + c_reg * mean(x_i^2),
+    lambda_rend(N_v) = c_rend * (1 - exp(-0.1 N_v)) / N_v,
+
+with R random rays drawn across all N_v views of the scene, C(r; x, psi) the volume
+rendering of eq. 1 (render.py) and y_r the pixel colour. This is stage 1 of the two-stage
+baseline and the rendering half of single-stage training (Algorithm 1), which reuses the
+small pieces here: `sample_rays`, `rendering_loss`, `lambda_rend`, `CodeBank`.
+
+Departures from the paper: x in the regulariser is the activated code 2 tanh(code_);
+the codes start from uniform(+-1e-4) (the paper's stage 1 starts from the mean code);
+the occupancy grid is rebuilt every `occ_every` iterations for the scenes of the batch.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from .cameras import rays_at_pixels
+from .decoder import TriplaneDecoder
+from .occupancy import OccupancyGrid
+from .render import render_image, render_rays
+from .triplane import CodeBank, code_activation, make_field
+
+
+class RayBatch(NamedTuple):
+    origins: torch.Tensor    # (B, N, 3)
+    dirs: torch.Tensor       # (B, N, 3) unit length
+    target: torch.Tensor     # (B, N, 3) pixel colours in [0, 1]
+
+
+def scene_data_to(scene_data: dict, device) -> dict:
+    """Move the tensors of a stacked dataset dict (SRNDataset.stack()) to device."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in scene_data.items()}
+
+
+def sample_rays(scene_data: dict, idx, n_rays: int, generator: torch.Generator | None = None) -> RayBatch:
+    """n_rays random pixels per scene, drawn uniformly across all views of each scene idx (B,).
+
+    scene_data: {"images": (N, V, H, W, 3), "c2w": (N, V, 4, 4), "K": (N, V, 3, 3)}.
+    Rays go through pixel centres, like render_image.
+    """
+    images = scene_data["images"]
+    dev = images.device
+    _, V, H, W, _ = images.shape
+    idx = torch.as_tensor(idx, device=dev).long().reshape(-1, 1)        # (B, 1)
+    B = idx.shape[0]
+    gdev = generator.device if generator is not None else dev
+    v, py, px = (torch.randint(n, (B, n_rays), generator=generator, device=gdev).to(dev)
+                 for n in (V, H, W))
+    target = images[idx, v, py, px]                                     # (B, n, 3)
+    c2w = scene_data["c2w"][idx, v].reshape(-1, 4, 4)
+    K = scene_data["K"][idx, v].reshape(-1, 3, 3)
+    uv = torch.stack([px, py], dim=-1).reshape(-1, 2).to(images.dtype) + 0.5
+    o, d = rays_at_pixels(c2w, K, uv)
+    return RayBatch(o.reshape(B, n_rays, 3), d.reshape(B, n_rays, 3), target)
+
+
+def lambda_rend(c_rend: float, n_views: int) -> float:
+    """c_rend * (1 - exp(-0.1 N_v)) / N_v: fewer views -> more weight per view."""
+    return c_rend * (1.0 - math.exp(-0.1 * n_views)) / n_views
+
+
+def rendering_loss(decoder, x: torch.Tensor, origins, dirs, target, cfg, n_views: int,
+                   generator: torch.Generator | None = None, occupancy=None,
+                   stats: dict | None = None) -> torch.Tensor:
+    """Per-scene rendering loss (B,) of activated codes x (B, 3, C, R, R) on a RayBatch.
+
+    lambda_rend * 0.5 * ||y - y_hat||^2 (sum over RGB, mean over rays) + code_reg * mean(x^2).
+    Stratified samples (cfg.n_samples). If `stats` is a dict, stats["mse"] gets the (B,)
+    per-channel MSE (detached) for logging.
+    """
+    out = render_rays(make_field(decoder, x), origins, dirs, cfg.n_samples,
+                      near_min=cfg.near_min, stratified=True, generator=generator,
+                      occupancy=occupancy)
+    sq = (out["rgb"] - target).pow(2)                                   # (B, N, 3)
+    loss = lambda_rend(cfg.c_rend, n_views) * 0.5 * sq.sum(-1).mean(-1)
+    loss = loss + cfg.code_reg * x.pow(2).flatten(1).mean(1)
+    if stats is not None:
+        stats["mse"] = sq.detach().mean(dim=(1, 2))
+    return loss
+
+
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+@torch.no_grad()
+def render_views(decoder, x: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, H: int, W: int,
+                 cfg, occupancy=None, chunk: int = 8192) -> torch.Tensor:
+    """Render V views of each of B scenes: x (B,3,C,R,R), c2w (B,V,4,4), K (B,V,3,3) or (3,3).
+
+    Returns rgb (B, V, H, W, 3).
+    """
+    B, V = c2w.shape[:2]
+    if K.dim() == 2:
+        K = K.expand(B, V, 3, 3)
+    field = make_field(decoder, x)
+    views = [render_image(field, c2w[:, v], K[:, v], H, W, cfg.n_samples, chunk=chunk,
+                          occupancy=occupancy, near_min=cfg.near_min)["rgb"] for v in range(V)]
+    return torch.stack(views, dim=1)
+
+
+@torch.no_grad()
+def heldout_psnr(decoder, x: torch.Tensor, scene_data: dict, cfg, occupancy=None) -> torch.Tensor:
+    """Mean PSNR (dB) over all views of scene_data for each scene: x (B,...) -> (B,).
+
+    scene_data holds the held-out views of the same B scenes (same order as x).
+    """
+    images = scene_data["images"].to(x.device)                          # (B, V, H, W, 3)
+    H, W = images.shape[2:4]
+    pred = render_views(decoder, x, scene_data["c2w"].to(x.device), scene_data["K"].to(x.device),
+                        H, W, cfg, occupancy)
+    mse = (pred.clamp(0, 1) - images).pow(2).mean(dim=(2, 3, 4))         # (B, V)
+    return psnr(mse).mean(dim=1)
+
+
+def train_autodecoder(cfg, scene_data: dict, iters: int, device="cpu", bank: CodeBank | None = None,
+                      decoder: TriplaneDecoder | None = None, use_occupancy: bool = True,
+                      occ_every: int = 16, occ_warmup: int = 64, progress: bool = True,
+                      log_every: int = 10, callback=None, max_seconds: float | None = None,
+                      train_decoder: bool = True):
+    """Fit one code per scene and the shared decoder by Adam on the rendering loss.
+
+    scene_data: SRNDataset.stack() dict; iters: iterations of a batch of
+    cfg.scenes_per_batch scenes x cfg.rays_per_scene rays. callback(it, bank, decoder) is
+    called every log_every iterations (e.g. to render a held-out view). max_seconds stops
+    early once that much wall-clock time has passed (benchmarks with a time budget).
+    train_decoder=False keeps psi fixed and fits only the codes (new scenes, known decoder).
+    Returns (bank, decoder, log); bank.occupancy holds the scenes' OccupancyGrid (or None).
+    """
+    device = torch.device(device)
+    data = scene_data_to(scene_data, device)
+    N, V = data["images"].shape[:2]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if bank is None:
+        bank = CodeBank(N, cfg.code_ch, cfg.code_res, device, generator=gen)
+    if decoder is None:
+        decoder = TriplaneDecoder.from_config(cfg)
+    decoder = decoder.to(device).train()
+    decoder.requires_grad_(train_decoder)
+    opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr_decoder) if train_decoder else None
+    occ = getattr(bank, "occupancy", None)
+    if use_occupancy and occ is None:
+        occ = OccupancyGrid.full(N, cfg.occ_grid_res, device)
+    bank.occupancy = occ if use_occupancy else None
+    B = min(cfg.scenes_per_batch, N)
+    log, stats = [], {}
+    start = time.time()
+    bar = tqdm(range(iters), desc="auto-decoder", disable=not progress)
+    for it in bar:
+        idx = torch.randperm(N, generator=gen)[:B].to(device)
+        for g in (opt.param_groups if opt is not None else []):       # linear warm-up
+            g["lr"] = cfg.lr_decoder * min(1.0, (it + 1) / max(1, cfg.warmup))
+        code_ = bank.get(idx, device)                                   # (B, 3, C, R, R) leaf
+        x = code_activation(code_)
+        rays = sample_rays(data, idx, cfg.rays_per_scene, gen)
+        loss = rendering_loss(decoder, x, *rays, cfg, V, generator=gen,
+                              occupancy=bank.occupancy[idx] if bank.occupancy is not None else None,
+                              stats=stats)
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        bank.adam_step(idx, code_.grad, cfg.lr_code)
+        if opt is not None:
+            opt.step()
+        if bank.occupancy is not None and it >= occ_warmup and it % occ_every == 0:
+            field = make_field(decoder, bank.activated(idx).to(device))
+            bank.occupancy.refresh(field, idx, cfg.occ_threshold, generator=gen)
+        out_of_time = max_seconds is not None and time.time() - start > max_seconds
+        if it % log_every == 0 or it == iters - 1 or out_of_time:
+            rec = {"iter": it, "time": time.time() - start, "loss": float(loss.detach().mean()),
+                   "mse": float(stats["mse"].mean()), "psnr": float(psnr(stats["mse"]).mean())}
+            if bank.occupancy is not None:
+                rec["occupied"] = float(bank.occupancy.fraction()[idx.to(bank.occupancy.grid.device)].mean())
+            log.append(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.2e}", psnr=f"{rec['psnr']:.2f}")
+            if callback is not None:
+                callback(it, bank, decoder)
+        if out_of_time:
+            break
+    decoder.requires_grad_(True).eval()
+    return bank, decoder, log

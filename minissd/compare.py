@@ -1,0 +1,84 @@
+"""One stage vs two stages: the comparison SSDNeRF is about.
+
+Two-stage training fits the codes {x_i} with the rendering loss alone,
+    min_x  L_rend(x, psi)                       (stage 1, then phi fits the frozen codes)
+so nothing constrains a code where no view looks: noise there costs nothing, and the
+diffusion model of stage 2 has to learn that noise too. Single-stage training minimises
+    lambda_rend L_rend(x, psi) + lambda_diff L_diff(x, phi)                       (4)
+so the prior pulls every code towards what the other codes look like, and the codes come
+out smoother and more alike: easier data for the prior, and better samples.
+
+This module measures that: statistics of the codes (how rough, how saturated), samples
+from each prior rendered side by side, and a small experiment runner that the notebook's
+widgets drive (mode, views per scene, K_in).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from .cameras import intrinsics, look_at, sphere_to_xyz
+from .config import Config
+from .generate import CAMERA_RADIUS, render_views, sample_codes
+
+
+def code_statistics(codes: torch.Tensor) -> dict:
+    """Summary numbers of codes (N, 3, C, R, R) (activated, range +-2).
+
+    rms:            root mean square value
+    roughness:      mean |x[r+1] - x[r]| over both plane axes, divided by the rms
+                    (a total-variation ratio: high for noisy planes)
+    saturated:      fraction of values with |x| > 1.9 (tanh pushed to its rails)
+    spread:         mean distance of a code to the mean code, divided by the rms
+                    (how different the scenes' codes are from each other)
+    """
+    x = codes.float()
+    rms = x.pow(2).mean().sqrt().clamp_min(1e-12)
+    tv = ((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()) / 2
+    spread = (x - x.mean(0, keepdim=True)).flatten(1).pow(2).mean(1).sqrt().mean()
+    return {"rms": float(rms), "roughness": float(tv / rms),
+            "saturated": float((x.abs() > 1.9).float().mean()), "spread": float(spread / rms)}
+
+
+def front_camera(elevation_deg: float = 25.0, azimuth_deg: float = 35.0) -> torch.Tensor:
+    """One (1, 4, 4) camera at the training radius, a three-quarter view."""
+    az, el = torch.tensor(azimuth_deg).deg2rad(), torch.tensor(elevation_deg).deg2rad()
+    return look_at(sphere_to_xyz(CAMERA_RADIUS, az, el))[None]
+
+
+@torch.no_grad()
+def render_codes(model, codes: torch.Tensor, c2w: torch.Tensor | None = None) -> torch.Tensor:
+    """One render per code (N, 3, C, R, R) from the same camera -> (N, H, W, 3)."""
+    c2w = front_camera() if c2w is None else c2w
+    K = intrinsics(model.cfg.image_res)
+    return torch.cat([render_views(model, c, c2w, K) for c in codes])
+
+
+def samples(model, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n codes from the model's prior (DDIM, eta=0) and their renders."""
+    gen = torch.Generator(model.codes.device).manual_seed(seed)
+    codes = sample_codes(model, n, generator=gen)
+    return codes, render_codes(model, codes)
+
+
+def experiment_config(base: Config, views_per_scene: int = 0, k_in: int | None = None) -> Config:
+    """`base` with views per scene (0 = all, 3 = the paper's sparse setting) and a constant K_in."""
+    over = {"views_per_scene": views_per_scene}
+    if k_in is not None:
+        over["k_in_schedule"] = ((0, int(k_in)),)
+    return replace(base, **over)
+
+
+def run_experiment(mode: str, base: Config, views_per_scene: int = 0, k_in: int | None = None,
+                   n_samples: int = 4, seed: int = 0, progress: bool = False) -> dict:
+    """Train (or load from the cache) one model and report its codes and samples.
+
+    The plain function behind the notebook's widgets: mode, views per scene and K_in.
+    """
+    from .experiment import load_or_train
+    cfg = experiment_config(base, views_per_scene, k_in)
+    model = load_or_train(mode, cfg, progress=progress)
+    codes, images = samples(model, n_samples, seed)
+    return {"model": model, "stats": code_statistics(model.codes),
+            "sample_stats": code_statistics(codes), "samples": images, "sample_codes": codes}

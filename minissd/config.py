@@ -1,0 +1,162 @@
+"""Presets: every size and rate of a minissd run in one dataclass.
+
+The paper's numbers (REFERENCE.md sections 1-4) live in the `paper` preset; `gpu` keeps
+the paper's data sizes (128x128 images, R=128 triplanes) with a lighter denoiser;
+`laptop` is what a class trains on 2 CPU cores (64x64 images, R=32); `smoke` is what the
+tests and `MINISSD_FAST=1` notebooks run (seconds).
+
+    cfg = get_preset("laptop", iters=2000)      # overrides by keyword
+    cfg = preset_for_notebook()                 # smoke under MINISSD_FAST=1, else laptop
+
+A config is plain data: `asdict(cfg)` is stored in every checkpoint, and loading a
+checkpoint made with a different config raises a clear error (see checkpoint.py).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "laptop"
+    # --- data --------------------------------------------------------------------
+    image_res: int = 64            # images are resized to image_res x image_res
+    views_per_scene: int = 0       # 0 = every view; 3 = the paper's sparse setting
+    data_scenes: int = 64          # size of the built-in procedural training set
+    data_views: int = 50           # views per built-in training scene (SRN: 50)
+    # --- triplane code x_i (REFERENCE 1) ------------------------------------------
+    code_ch: int = 6               # C: channels per plane (paper: 6)
+    code_res: int = 32             # R: plane resolution (paper: 128)
+    code_reg: float = 3e-3         # L2 penalty on the code, added to the rendering loss
+    # --- decoder psi and renderer (REFERENCE 2) -----------------------------------
+    dec_hidden: int = 64
+    n_samples: int = 64            # samples per ray (uniform / stratified)
+    near_min: float = 0.2
+    occ_grid_res: int = 32         # per-scene occupancy grid for empty-space skipping
+    occ_threshold: float = 0.01    # density below which a cell counts as empty
+    occ_warmup: int = 100          # training: grids stay full for this many iterations
+    # --- training batch ------------------------------------------------------------
+    scenes_per_batch: int = 8
+    rays_per_scene: int = 1024
+    lr_code: float = 1e-2
+    lr_decoder: float = 1e-3
+    lr_denoiser: float = 1e-4
+    warmup: int = 100              # linear LR warm-up (iterations) for the networks
+    c_rend: float = 1000.0         # lambda_rend = c_rend * (1 - exp(-0.1 N_v)) / N_v; 1000 gives
+                                   # lambda_rend ~ 20 at N_v = 50, the official MSE weight 20
+                                   # (c_rend = 1 lets code_reg swamp the rendering loss)
+    # --- diffusion prior phi (REFERENCE 3) ------------------------------------------
+    T: int = 1000
+    schedule: str = "linear"       # "linear" (paper) or "cosine"
+    omega: float = 0.5             # w(t) = (alpha/sigma)^(2 omega)
+    c_diff: float = 4.0            # lambda_diff = c_diff / EMA(mean(x0^2))
+    unet_base: int = 32
+    unet_mults: tuple = (1, 2, 2)
+    unet_res_blocks: int = 1
+    unet_attn_res: tuple = (8,)    # feature-map resolutions that get self-attention
+    unet_groups: int = 8           # GroupNorm groups
+    unet_dropout: float = 0.0      # dropout in UNet res-blocks (official: 0.1)
+    x0_ema_momentum: float = 1e-3  # EMA momentum of mean(x0^2) for lambda_diff (official)
+    ddim_steps: int = 50
+    ema_beta: float = 0.995
+    # --- single-stage schedule (REFERENCE 4) ----------------------------------------
+    iters: int = 3000
+    k_in_schedule: tuple = ((0, 16), (200, 4), (2000, 2))  # (from_iter, K_in)
+    ckpt_every: int = 500
+    seed: int = 0
+
+    def k_in(self, it: int) -> int:
+        """K_in for outer iteration `it` (0-based), following k_in_schedule."""
+        k = self.k_in_schedule[0][1]
+        for start, value in self.k_in_schedule:
+            if it >= start:
+                k = value
+        return k
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        fixed = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v)
+                 if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fixed)
+
+
+PRESETS = {
+    # seconds on 2 CPU cores: tests and MINISSD_FAST notebooks
+    "smoke": Config(
+        name="smoke", image_res=32, data_scenes=8, data_views=12, code_ch=6, code_res=16, dec_hidden=32, n_samples=32,
+        occ_grid_res=16, occ_warmup=5, scenes_per_batch=4, rays_per_scene=256, warmup=5,
+        unet_base=16, unet_mults=(1, 2), unet_res_blocks=1, unet_attn_res=(8,),
+        unet_groups=4, ddim_steps=10, ema_beta=0.9, iters=200,
+        k_in_schedule=((0, 4), (10, 2)), ckpt_every=10),
+    # minutes on 2 CPU cores: the class's own runs
+    "laptop": Config(name="laptop"),
+    # the paper's data sizes on one GPU, with a lighter denoiser
+    "gpu": Config(
+        name="gpu", image_res=128, data_scenes=512, code_res=128, n_samples=128, occ_grid_res=64,
+        scenes_per_batch=16, rays_per_scene=4096, lr_code=5e-3, warmup=500,
+        unet_base=64, unet_mults=(1, 2, 2, 4, 4), unet_res_blocks=2,
+        unet_attn_res=(32, 16, 8), unet_groups=32, ema_beta=0.997, iters=100_000,
+        k_in_schedule=((0, 16), (2000, 4), (100_000, 2)), ckpt_every=2000),
+    # mirrors the official SRN cars configuration (REFERENCE 3-4)
+    "paper": Config(
+        name="paper", image_res=128, data_scenes=2458, code_res=128, n_samples=256, occ_grid_res=64,
+        scenes_per_batch=16, rays_per_scene=4096, lr_code=5e-3, warmup=500,
+        unet_base=128, unet_mults=(1, 2, 2, 4, 4), unet_res_blocks=2,
+        unet_attn_res=(32, 16, 8), unet_groups=32, unet_dropout=0.1, ema_beta=0.997,
+        iters=1_000_000,
+        k_in_schedule=((0, 16), (2000, 4), (100_000, 2)), ckpt_every=5000),
+}
+
+
+def get_preset(name: str, **overrides) -> Config:
+    """The preset `name` with keyword overrides, e.g. get_preset('smoke', iters=5)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+def fast_mode() -> bool:
+    """True under MINISSD_FAST=1 (CI runs every notebook this way)."""
+    return os.environ.get("MINISSD_FAST", "0") not in ("", "0", "false", "False")
+
+
+def preset_for_notebook(big: str = "laptop", **overrides) -> Config:
+    """`smoke` under MINISSD_FAST=1, otherwise `big`."""
+    return get_preset("smoke" if fast_mode() else big, **overrides)
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """CUDA, then Apple MPS, then CPU; `prefer` ('cpu', 'cuda', ...) overrides."""
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device):
+    """bfloat16 autocast where the device supports it well (CUDA), else None (fp32)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def cache_dir() -> str:
+    """Where generated datasets and trained checkpoints are cached (MINISSD_CACHE)."""
+    root = os.environ.get("MINISSD_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "minissd")
+    os.makedirs(root, exist_ok=True)
+    return root

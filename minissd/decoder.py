@@ -1,0 +1,102 @@
+"""The shared NeRF decoder psi (REFERENCE 2): triplane feature + view direction -> (sigma, c).
+
+With h = W1 f(p) + b1 (f(p) in R^{3C} the concatenated triplane feature, eq. in triplane.py):
+
+    sigma(p)    = truncexp( w_sigma . SiLU(h) + b_sigma )                     (density)
+    c(p, d)     = sigmoid( W_c SiLU( h + W_d Y(d) + b_d ) + b_c )             (colour)
+
+where Y(d) in R^16 are the real spherical harmonics of degree <= 3 ("degree 4", 4 bands)
+of the unit view direction, W_d starts at zero (so colour starts view independent), and
+truncexp is exp in the forward pass with the exponent clamped to +-15 in the backward pass
+(a stable gradient for very dense points). There is no positional encoding: all spatial
+detail lives in the triplane. About 2.6K parameters for C = 6, hidden = 64 -- all decoders
+of all scenes are this one small MLP, conditioned only by the code.
+
+Minissd follows the paper here; it is plain PyTorch (no tcnn / fused MLPs).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp(x) forward; backward uses exp(clamp(x, -15, 15)) so gradients stay finite."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(-15.0, 15.0))
+
+
+def trunc_exp(x: torch.Tensor) -> torch.Tensor:
+    return _TruncExp.apply(x)
+
+
+def sh_basis(dirs: torch.Tensor) -> torch.Tensor:
+    """Real spherical harmonics Y_lm(d), l = 0..3 (16 values), of unit directions (..., 3).
+
+    Same constants and sign convention as torch-ngp / tiny-cuda-nn's SH encoding, so that
+    integral over the sphere of Y_i Y_j = delta_ij.
+    """
+    x, y, z = dirs.unbind(-1)
+    x2, y2, z2 = x * x, y * y, z * z
+    xy, yz, xz = x * y, y * z, x * z
+    return torch.stack([
+        torch.full_like(x, 0.28209479177387814),                     # l = 0
+        -0.48860251190291987 * y,                                     # l = 1
+        0.48860251190291987 * z,
+        -0.48860251190291987 * x,
+        1.0925484305920792 * xy,                                      # l = 2
+        -1.0925484305920792 * yz,
+        0.94617469575755997 * z2 - 0.31539156525251999,
+        -1.0925484305920792 * xz,
+        0.54627421529603959 * (x2 - y2),
+        0.59004358992664352 * y * (3.0 * x2 - y2),                    # l = 3
+        2.8906114426405538 * xy * z,
+        0.45704579946446572 * y * (5.0 * z2 - 1.0),
+        0.3731763325901154 * z * (5.0 * z2 - 3.0),
+        0.45704579946446572 * x * (5.0 * z2 - 1.0),
+        1.4453057213202769 * z * (x2 - y2),
+        0.59004358992664352 * x * (x2 - 3.0 * y2),
+    ], dim=-1)
+
+
+class TriplaneDecoder(nn.Module):
+    """psi: (feat (..., 3C), dirs (..., 3)) -> (sigma (...), rgb (..., 3))."""
+
+    def __init__(self, code_ch: int, hidden: int = 64, sh_dim: int = 16):
+        super().__init__()
+        self.code_ch, self.hidden = code_ch, hidden
+        self.base = nn.Linear(3 * code_ch, hidden)
+        self.density_head = nn.Linear(hidden, 1)
+        self.dir_net = nn.Linear(sh_dim, hidden)
+        self.color_head = nn.Linear(hidden, 3)
+        nn.init.zeros_(self.dir_net.weight)                # colour starts view independent
+        nn.init.zeros_(self.dir_net.bias)
+
+    @classmethod
+    def from_config(cls, cfg) -> "TriplaneDecoder":
+        return cls(cfg.code_ch, cfg.dec_hidden)
+
+    def density(self, feat: torch.Tensor) -> torch.Tensor:
+        """sigma only (no colour branch): (..., 3C) -> (...)."""
+        return trunc_exp(self.density_head(F.silu(self.base(feat))).squeeze(-1))
+
+    def forward(self, feat: torch.Tensor, dirs: torch.Tensor):
+        h = self.base(feat)                                             # (..., hidden)
+        sigma = trunc_exp(self.density_head(F.silu(h)).squeeze(-1))     # (...)
+        g = F.silu(h + self.dir_net(sh_basis(dirs.to(h.dtype))))        # (..., hidden)
+        rgb = torch.sigmoid(self.color_head(g))                         # (..., 3)
+        return sigma, rgb
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters (2564 for the paper's C = 6, hidden = 64 decoder)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

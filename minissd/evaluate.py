@@ -1,0 +1,350 @@
+"""The paper's evaluation protocol (REFERENCE.md section 8), on any SRN-format test split.
+
+Reconstruction (Table 2, ablation Table 3): each test object is reconstructed from its
+input view(s) (guided sampling eq. 5-6 + finetuning eq. 7, reconstruct.py), rendered at
+the other views and compared with the ground truth:
+    PSNR, SSIM, LPIPS per image (8-bit-quantised predictions), averaged over all images;
+    FID between all predicted novel views and all ground-truth novel views.
+SRN test objects have 251 spiral views; the input is view 64 (1 view) or 64 and 104
+(2 views) and the other views are evaluated. Our procedural test splits have fewer
+views, so a paper index v becomes round(v * n / 251) for a scene of n < 251 views (the
+same place on the spiral: 64 -> 6 of 24 views). `eval_every` keeps every k-th
+non-input view (1 = all of them, the paper) to make CPU runs short.
+
+Generation: n codes x ~ DDIM(x_T), x_T ~ N(0, I) (generate.sample_codes), then
+    COV, MMD: Chamfer distance between surface points of each sample and the true surface
+        points of every test object (metrics.coverage_mmd, PointFlow / DiffRF protocol);
+    FID, KID: renders of the samples vs the test images (Inception net; KID x 1e3).
+Surface points of a field are its density shell (metrics.points_from_density). The
+density scale of a decoder is arbitrary, so the threshold is CALIBRATED: on a few
+training scenes, the threshold (from a log grid) whose extracted points are closest in
+Chamfer distance to the scenes' true surface points. (The official code meshes at
+density 10, the fallback when no training data is given.)
+
+Metrics that need pretrained weights (LPIPS: VGG16, FID/KID: Inception) are None and
+printed "n/a" when the weights are not on disk: never a number from random weights.
+
+    python -m minissd evaluate --ckpt M.pt --data TEST --task recon --input-views 64 --json r.json
+    python -m minissd evaluate --ckpt M.pt --ckpt2 TWO.pt --data TEST --ablation A0 A1 A2 A3 --json a.json
+    python -m minissd evaluate --ckpt M.pt --data TEST --task generation --train-data TRAIN --json g.json
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import metrics
+from .generate import render_views, sample_codes
+from .guidance import DEFAULT_LAMBDA_GD
+from .reconstruct import ABLATIONS, reconstruct_scene
+
+PAPER_N_VIEWS = 251
+RECON_COLUMNS = ("PSNR", "SSIM", "LPIPS", "FID")
+GEN_COLUMNS = ("COV", "MMD", "FID", "KID")
+# how a table shows each value: COV in %, MMD (squared-distance Chamfer) and KID x 1e3
+_SHOW = {"PSNR": (1, "{:.2f}"), "SSIM": (1, "{:.3f}"), "LPIPS": (1, "{:.3f}"), "FID": (1, "{:.2f}"),
+         "COV": (100, "{:.1f}"), "MMD": (1e3, "{:.3f}"), "KID": (1e3, "{:.2f}")}
+HEADERS = {"COV": "COV (%)", "MMD": "MMD (x1e3)", "KID": "KID (x1e3)"}
+
+# The paper's numbers (seed/ssdnerf_presentation.txt; REFERENCE 6, 8). None = not reported.
+PAPER_RECON = {  # Table 2, 1-stage SSDNeRF (SSIM printed to 2 decimals there)
+    "paper cars 1-view": {"PSNR": 23.52, "SSIM": 0.91, "LPIPS": 0.078, "FID": 16.39},
+    "paper cars 2-view": {"PSNR": 26.49, "SSIM": 0.94, "LPIPS": 0.054, "FID": 10.66},
+    "paper chairs 1-view": {"PSNR": 24.35, "SSIM": 0.93, "LPIPS": 0.067, "FID": 10.13}}
+PAPER_ABLATION = {  # Table 3, SRN cars, 1 view
+    "A0": {"PSNR": 23.52, "SSIM": 0.913, "LPIPS": 0.078, "FID": 16.39},
+    "A1": {"PSNR": 22.83, "SSIM": 0.906, "LPIPS": 0.090, "FID": 20.97},
+    "A2": {"PSNR": 23.13, "SSIM": 0.907, "LPIPS": 0.088, "FID": 27.93},
+    "A3": {"PSNR": 23.07, "SSIM": 0.905, "LPIPS": 0.092, "FID": 30.95}}
+PAPER_GENERATION = {  # Table 1 (KID stored unscaled); COV/MMD: DiffRF's table, not SSDNeRF's
+    "paper cars 1-stage": {"COV": None, "MMD": None, "FID": 11.08, "KID": 3.47e-3},
+    "paper cars 2-stage": {"COV": None, "MMD": None, "FID": 16.33, "KID": 6.38e-3},
+    "paper tables 1-stage": {"COV": None, "MMD": None, "FID": 14.27, "KID": 4.08e-3},
+    "DiffRF tables": {"COV": 0.6154, "MMD": 7.610e-3, "FID": 27.06, "KID": 10.03e-3}}
+
+
+# ----------------------------------------------------------------------------- views
+def scaled_view_ids(paper_ids, n_views: int) -> list[int]:
+    """The paper's view indices (of 251) at the same place on a spiral of n_views views."""
+    if n_views >= PAPER_N_VIEWS:
+        return sorted(set(int(v) for v in paper_ids))
+    return sorted({round(v * n_views / PAPER_N_VIEWS) % n_views for v in paper_ids})
+
+
+def eval_view_ids(n_views: int, input_ids, every: int = 1) -> list[int]:
+    """Every `every`-th view that is not an input view (every=1: all, as in the paper)."""
+    rest = [i for i in range(n_views) if i not in set(input_ids)]
+    return rest[::max(1, every)]
+
+
+def _dataset(data, res):
+    if isinstance(data, str):
+        from .data import SRNDataset
+        if not os.path.isdir(data):
+            raise FileNotFoundError(f"evaluate: test folder {data} does not exist")
+        return SRNDataset(data, resolution=res)
+    return data
+
+
+def _fid_kid(pred, real, kid=False):
+    """FID (and KID) of two image sets, or None when Inception weights are absent / too few."""
+    if len(pred) < 2 or len(real) < 2:
+        return (None, None) if kid else None
+    fa = metrics.inception_features(pred)
+    fb = None if fa is None else metrics.inception_features(real)
+    fid = None if fb is None else metrics.frechet_distance(fa, fb)
+    if not kid:
+        return fid
+    return fid, (None if fb is None else metrics.kernel_inception_distance(fa, fb, subsets=50)[0])
+
+
+# ----------------------------------------------------------------------------- reconstruction
+def evaluate_reconstruction(model, data, input_views=(64,), finetune: str = "rend+diff",
+                            n_scenes: int | None = None, eval_every: int = 1,
+                            lambda_gd: float = DEFAULT_LAMBDA_GD, steps: int | None = None,
+                            seed: int = 0, with_fid: bool = True, progress: bool = True,
+                            label: str = "minissd", **kwargs) -> dict:
+    """Reconstruct the first n_scenes test objects from `input_views` (paper indices of
+    251) and score the other views. Returns {"PSNR", "SSIM", "LPIPS", "FID" (means or None),
+    "scenes": [per-scene dicts], ...}. Scene i uses the generator seed `seed + i`, so
+    rows that differ only in finetuning start from the same guided sample."""
+    ds = _dataset(data, model.cfg.image_res)
+    n = min(len(ds), n_scenes or len(ds))
+    rows, preds, gts, per_image = [], [], [], {"PSNR": [], "SSIM": [], "LPIPS": []}
+    for i in tqdm(range(n), desc=f"evaluate {label}", disable=not progress):
+        scene = ds[i]
+        V = scene["images"].shape[0]
+        ids = scaled_view_ids(input_views, V)
+        gen = torch.Generator(model.codes.device).manual_seed(seed + i)
+        r = reconstruct_scene(model, scene, ids, eval_ids=eval_view_ids(V, ids, eval_every),
+                              finetune=finetune, lambda_gd=lambda_gd, steps=steps, generator=gen,
+                              **kwargs)
+        lp = metrics.lpips(r["preds"], r["gts"])
+        vals = {"PSNR": r["psnr"].tolist(), "SSIM": r["ssim"].tolist(),
+                "LPIPS": None if lp is None else lp.tolist()}
+        for k, v in vals.items():
+            per_image[k] = None if (v is None or per_image[k] is None) else per_image[k] + v
+        rows.append({"scene": scene["name"], "input_ids": ids, "n_eval": len(r["eval_ids"]),
+                     **{k: metrics.mean(v) for k, v in vals.items()}})
+        preds.append(r["preds"]), gts.append(r["gts"])
+    out = {k: metrics.mean(v) for k, v in per_image.items()}        # mean over all images
+    out["FID"] = _fid_kid(torch.cat(preds), torch.cat(gts)) if with_fid else None
+    out.update(task="recon", label=label, finetune=finetune, input_views=list(input_views),
+               eval_every=eval_every, n_images=sum(r["n_eval"] for r in rows), scenes=rows)
+    return out
+
+
+def evaluate_ablations(models: dict, data, ablations=tuple(ABLATIONS), **kwargs) -> dict:
+    """The paper's test-time ablation: {"A0": result, ...}; models = {"single-stage": m1,
+    "two-stage": m2} (A1 needs the two-stage model). kwargs go to evaluate_reconstruction."""
+    out = {}
+    for a in ablations:
+        mode, ft = ABLATIONS[a]
+        if mode not in models:
+            raise ValueError(f"ablation {a} needs a {mode} model (models has {sorted(models)})")
+        out[a] = evaluate_reconstruction(models[mode], data, finetune=ft,
+                                         label=f"{a} ({mode}, {ft})", **kwargs)
+    return out
+
+
+@torch.no_grad()
+def evaluate_codes(model, codes, data, views=None) -> dict:
+    """PSNR/SSIM of given codes (N, 3, C, R, R) rendered at the views of scenes 0..N-1
+    (e.g. a model's own training codes against its training images: an upper bound)."""
+    ds = _dataset(data, model.cfg.image_res)
+    ps, ss = [], []
+    for i, code in enumerate(codes):
+        sc = ds[i]
+        ids = list(range(sc["images"].shape[0])) if views is None else list(views)
+        K = sc["K"][ids] if sc["K"].dim() == 3 else sc["K"]
+        pred = render_views(model, code.to(model.codes.device), sc["c2w"][ids], K,
+                            res=sc["images"].shape[1])
+        ps += metrics.psnr(pred, sc["images"][ids]).tolist()
+        ss += metrics.ssim(pred, sc["images"][ids]).tolist()
+    return {"PSNR": float(np.mean(ps)), "SSIM": float(np.mean(ss)), "n_images": len(ps)}
+
+
+# ----------------------------------------------------------------------------- generation
+def _grid_density(model, code):
+    """density_fn(xyz (M,3)) -> (M,) of one code, memoised so several thresholds share it."""
+    field, cache = model.field(code[None].to(model.codes.device)), {}
+
+    def fn(xyz):
+        key = (len(xyz), tuple(xyz[0].tolist()), tuple(xyz[-1].tolist()))
+        if key not in cache:
+            cache[key] = field.density(xyz[None].to(model.codes.device))[0]
+        return cache[key]
+    return fn
+
+
+def surface_points(model, code, threshold: float, res: int = 48, n_points: int = 1024, seed: int = 0,
+                   density_fn=None):
+    """(P, 3) points on the density shell {sigma > threshold} of one code (P = 0 if empty)."""
+    g = torch.Generator().manual_seed(seed)
+    return metrics.points_from_density(density_fn or _grid_density(model, code), res=res,
+                                       threshold=threshold, n_points=n_points, generator=g,
+                                       device=model.codes.device).cpu()
+
+
+def calibrate_threshold(model, train_data, n_codes: int = 4, candidates=None, res: int = 48,
+                        n_points: int = 1024) -> dict:
+    """The density threshold whose shells of the first n_codes TRAINING codes best match
+    those scenes' true surface points (mean Chamfer distance over a log grid)."""
+    ds = _dataset(train_data, model.cfg.image_res)
+    candidates = candidates or [float(t) for t in np.logspace(-1, 3, 13)]
+    n = min(n_codes, len(ds), len(model.codes))
+    if model.names and list(ds.names[:n]) != list(model.names[:n]):
+        raise ValueError("calibrate_threshold: the training folder's scenes differ from the model's")
+    cds = np.zeros((n, len(candidates)))
+    for i in range(n):
+        ref, _ = ds.surface(i)
+        fn = _grid_density(model, model.codes[i])
+        for j, t in enumerate(candidates):
+            p = surface_points(model, model.codes[i], t, res, n_points, seed=i, density_fn=fn)
+            cds[i, j] = metrics.chamfer_distance(p, ref) if len(p) else math.inf
+    curve = cds.mean(0)
+    best = int(np.argmin(curve))
+    return {"threshold": candidates[best], "chamfer": float(curve[best]),
+            "candidates": candidates, "curve": curve.tolist()}
+
+
+def evaluate_generation(model, data, n_samples: int = 8, threshold: float = 10.0,
+                        n_scenes: int | None = None, res: int = 48, n_points: int = 1024,
+                        steps: int | None = None, seed: int = 0, with_fid: bool = True,
+                        fid_views: int = 4, progress: bool = True, label: str = "minissd") -> dict:
+    """COV / MMD (Chamfer) of n_samples generated shapes against the true surfaces of the
+    test objects, and FID / KID of their renders against the test images (None without
+    Inception weights). Samples with an empty shell are left out (counted in n_empty)."""
+    ds = _dataset(data, model.cfg.image_res)
+    n_ref = min(len(ds), n_scenes or len(ds))
+    refs = [ds.surface(i) for i in range(n_ref)]
+    if any(r is None for r in refs):
+        raise ValueError("evaluate_generation: a test scene has no surface.npz")
+    gen = torch.Generator(model.codes.device).manual_seed(seed)
+    codes = torch.cat([sample_codes(model, 1, steps, gen) for _ in
+                       tqdm(range(n_samples), desc=f"sample {label}", disable=not progress)])
+    pts = [surface_points(model, c, threshold, res, n_points, seed=seed + j) for j, c in
+           enumerate(tqdm(codes, desc="surfaces", disable=not progress))]
+    full = [p for p in pts if len(p)]
+    cm = metrics.coverage_mmd(full, [r[0] for r in refs]) if full else {"cov": 0.0, "mmd": None}
+    fid = kid = None
+    if with_fid and metrics.inception_features(torch.zeros(1, 8, 8, 3) + 1) is not None:
+        fake, real = [], [ds[i]["images"] for i in range(n_ref)]
+        for j, c in enumerate(codes):            # each sample seen from a test object's cameras
+            sc = ds[j % n_ref]
+            ids = np.linspace(0, len(sc["c2w"]) - 1, fid_views).round().astype(int).tolist()
+            fake.append(render_views(model, c, sc["c2w"][ids], sc["K"][0], res=sc["images"].shape[1]))
+        fid, kid = _fid_kid(torch.cat(fake), torch.cat(real), kid=True)
+    return {"task": "generation", "label": label, "COV": cm["cov"], "MMD": cm["mmd"], "FID": fid,
+            "KID": kid, "threshold": threshold, "n_samples": n_samples, "n_empty": len(pts) - len(full),
+            "n_reference": n_ref}
+
+
+# ----------------------------------------------------------------------------- tables
+def cell(col: str, value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    scale, fmt = _SHOW.get(col, (1, "{:.4g}"))
+    return fmt.format(value * scale)
+
+
+def markdown_table(rows: dict, columns=RECON_COLUMNS) -> str:
+    """{label: {column: value or None}} -> a markdown table ('n/a' where None)."""
+    lines = ["| method | " + " | ".join(HEADERS.get(c, c) for c in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(cell(c, r.get(c)) for c in columns) + " |"
+              for label, r in rows.items()]
+    return "\n".join(lines)
+
+
+def side_by_side(ours: dict, paper: dict) -> dict:
+    """Table rows 'X ours', 'X paper' for each key X of ours (e.g. A0..A3)."""
+    return {f"{k} {who}": r if who == "ours" else paper.get(k, {})
+            for k, r in ours.items() for who in ("ours", "paper")}
+
+
+def write_json(obj, path: str) -> str:
+    """Write results as JSON (None and non-finite floats -> null), via a temporary file."""
+    def clean(x):
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, (float, np.floating)):
+            return float(x) if math.isfinite(x) else None
+        return x.item() if isinstance(x, np.generic) else x
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(clean(obj), f, indent=1)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+# ----------------------------------------------------------------------------- command line
+def add_arguments(p):
+    p.add_argument("--ckpt", required=True, help="model file (single-stage, or the one to evaluate)")
+    p.add_argument("--ckpt2", help="two-stage model file (needed by ablation A1)")
+    p.add_argument("--data", required=True, help="SRN-format folder of test scenes")
+    p.add_argument("--task", default="recon", choices=["recon", "generation"])
+    p.add_argument("--ablation", nargs="+", choices=list(ABLATIONS), help="run these rows of Table 3")
+    p.add_argument("--input-views", type=int, nargs="+", default=[64],
+                   help="paper view ids of 251 (64; 64 104), scaled on shorter spirals")
+    p.add_argument("--finetune", default="rend+diff", choices=["rend+diff", "rend", "none"])
+    p.add_argument("--scenes", type=int, help="only the first N test scenes")
+    p.add_argument("--eval-every", type=int, default=1, help="score every k-th non-input view")
+    p.add_argument("--lambda-gd", type=float, default=DEFAULT_LAMBDA_GD)
+    p.add_argument("--steps", type=int, help="DDIM steps")
+    p.add_argument("--samples", type=int, default=16, help="generation: number of samples")
+    p.add_argument("--threshold", type=float, help="generation: density threshold (skips calibration)")
+    p.add_argument("--train-data", help="generation: the model's training folder, to calibrate the threshold")
+    p.add_argument("--grid-res", type=int, default=48, help="generation: density grid resolution")
+    p.add_argument("--json", required=True, help="output JSON file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+
+
+def run(args):
+    from .config import pick_device
+    from .experiment import Model
+    for flag, path in (("--ckpt", args.ckpt), ("--ckpt2", args.ckpt2)):
+        if path and not os.path.isfile(path):
+            raise SystemExit(f"{flag} {path}: no such file")
+    if not os.path.isdir(args.data):
+        raise SystemExit(f"--data {args.data}: no such folder")
+    dev = pick_device(args.device)
+    model = Model.load(args.ckpt, device=dev)
+    common = dict(n_scenes=args.scenes, seed=args.seed, steps=args.steps)
+    if args.task == "generation":
+        cal = None
+        if args.threshold is None and args.train_data:
+            cal = calibrate_threshold(model, args.train_data, res=args.grid_res)
+        given = args.threshold is not None
+        thr = args.threshold if given else (cal["threshold"] if cal else 10.0)
+        print(f"density threshold {thr:.3g} ({'given' if given else 'calibrated' if cal else 'default'})")
+        res = evaluate_generation(model, args.data, args.samples, thr, res=args.grid_res, **common)
+        res["calibration"] = cal
+        table = markdown_table({res["label"]: res, **PAPER_GENERATION}, GEN_COLUMNS)
+    else:
+        kw = dict(input_views=args.input_views, eval_every=args.eval_every, lambda_gd=args.lambda_gd,
+                  **common)
+        if args.ablation:
+            models = {model.mode: model}
+            if args.ckpt2:
+                models["two-stage"] = Model.load(args.ckpt2, device=dev)
+            if "A1" in args.ablation and "two-stage" not in models:
+                raise SystemExit("--ablation A1 needs the two-stage model: pass --ckpt2 TWO_STAGE.pt")
+            res = evaluate_ablations(models, args.data, args.ablation, **kw)
+            rows = side_by_side(res, PAPER_ABLATION)
+        else:
+            res = evaluate_reconstruction(model, args.data, finetune=args.finetune, **kw)
+            rows = {res["label"]: res, **PAPER_RECON}
+        table = markdown_table(rows, RECON_COLUMNS)
+    print(table)
+    write_json({"args": vars(args), "results": res, "table": table}, args.json)
+    print(f"-> {args.json}")
+    return 0

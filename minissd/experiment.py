@@ -1,0 +1,182 @@
+"""Experiments: data + config + mode -> a trained model, cached, resumable, shippable.
+
+    model = load_or_train("single-stage")            # notebooks: shipped, cached or trained
+    model.codes        # (N, 3, C, R, R) the learned scene codes x_i (after 2 tanh)
+    model.decoder      # psi, EMA weights, frozen
+    model.prior        # phi, EMA weights, frozen (model.prior.denoise(x_t, t) -> x0_hat)
+
+`load_or_train` looks for the model, in order, in `assets/models/` (the small pretrained
+checkpoints shipped with minissd), in the cache (`MINISSD_CACHE`, default
+~/.cache/minissd), and otherwise trains it (resumably, in the cache) and caches it. The
+command line `python -m minissd train ...` runs the same Trainer on any SRN folder.
+
+A `Model` file holds only what test time needs (EMA networks, codes in float16, config,
+log); the training checkpoint (`checkpoint.pt` in the run folder) holds everything needed
+to resume.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import Config, cache_dir, get_preset, pick_device, preset_for_notebook
+from .data import SRNDataset
+from .decoder import TriplaneDecoder
+from .diffusion import DiffusionPrior
+from .train import MODES, Trainer, sparse_view_ids
+from .triplane import code_activation, make_field
+
+MODEL_FORMAT = "minissd-model-v1"
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+
+
+@dataclass
+class Model:
+    """Everything test time needs from a training run (networks are the EMA copies)."""
+    cfg: Config
+    mode: str
+    decoder: TriplaneDecoder
+    prior: DiffusionPrior
+    codes: torch.Tensor                 # (N, 3, C, R, R), activated
+    names: list = field(default_factory=list)
+    log: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def field(self, x: torch.Tensor):
+        """The radiance field of codes x (B, 3, C, R, R) under this model's decoder."""
+        return make_field(self.decoder, x)
+
+    def to(self, device) -> "Model":
+        self.decoder.to(device), self.prior.to(device)
+        self.codes = self.codes.to(device)
+        return self
+
+    @classmethod
+    def from_trainer(cls, tr: Trainer, meta: dict | None = None) -> "Model":
+        dec, prior = TriplaneDecoder(tr.cfg.code_ch, tr.cfg.dec_hidden), DiffusionPrior(tr.cfg)
+        dec.load_state_dict(tr.ema_decoder.state_dict())
+        prior.load_state_dict(tr.ema_prior.state_dict())
+        codes = code_activation(tr.bank.codes_).detach()
+        return cls(tr.cfg, tr.mode, _frozen(dec), _frozen(prior), codes,
+                   list(tr.data.get("names", [])), list(tr.log), dict(meta or {}))
+
+    def save(self, path: str) -> str:
+        return ckpt.save_atomic(path, {
+            "format": MODEL_FORMAT, "config": self.cfg.to_dict(), "mode": self.mode,
+            "decoder": self.decoder.state_dict(),
+            "prior": {k: v.half() if v.is_floating_point() else v
+                      for k, v in self.prior.state_dict().items()},
+            "codes": self.codes.detach().cpu().half(), "names": self.names,
+            "log": self.log, "meta": self.meta})
+
+    @classmethod
+    def load(cls, path: str, device="cpu") -> "Model":
+        sd = ckpt.load(path)
+        if sd["format"] != MODEL_FORMAT:
+            raise ckpt.CheckpointError(f"{path}: format {sd['format']!r}, expected {MODEL_FORMAT!r}"
+                                       " (a training checkpoint? use Trainer.resume)")
+        cfg = Config.from_dict(sd["config"])
+        dec, prior = TriplaneDecoder(cfg.code_ch, cfg.dec_hidden), DiffusionPrior(cfg)
+        dec.load_state_dict(sd["decoder"])
+        prior.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in sd["prior"].items()})
+        return cls(cfg, sd["mode"], _frozen(dec), _frozen(prior), sd["codes"].float(),
+                   sd["names"], sd["log"], sd["meta"]).to(device)
+
+
+def _frozen(module: torch.nn.Module) -> torch.nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def load_training_data(data_dir: str, cfg: Config, device="cpu") -> dict:
+    """The stacked training scenes of an SRN folder at cfg.image_res, restricted to
+    cfg.views_per_scene fixed views (0 = all)."""
+    probe = SRNDataset(data_dir, resolution=cfg.image_res)
+    n_views = len(probe[0]["view_ids"])
+    views = sparse_view_ids(n_views, cfg.views_per_scene)
+    ds = SRNDataset(data_dir, resolution=cfg.image_res, views=views)
+    data = ds.stack()
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in data.items()}
+
+
+def train_run(cfg: Config, data_dir: str, mode: str, out_dir: str, device=None,
+              resume: bool = True, progress: bool = True, stop_after: int | None = None):
+    """Train (or resume) a run in out_dir; returns the Trainer."""
+    device = pick_device(device)
+    data = load_training_data(data_dir, cfg, device)
+    tr = Trainer(cfg, data, mode=mode, device=device, out_dir=out_dir,
+                 data_id=f"{os.path.basename(os.path.normpath(data_dir))}:{len(data['names'])}")
+    if resume and tr.resume() and progress:
+        print(f"resumed {out_dir} at iteration {tr.it}/{tr.total_iters}")
+    tr.train(progress=progress, stop_after=stop_after)
+    return tr
+
+
+def model_key(category, mode, cfg: Config) -> str:
+    """A readable name plus a hash of the whole config: any change means another model."""
+    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{category}-{mode}-{cfg.name}-{cfg.views_per_scene or 'all'}v-{cfg.iters}it-{digest}"
+
+
+def load_or_train(mode: str = "single-stage", cfg: Config | None = None, category: str = "cars",
+                  device=None, progress: bool = True, retrain: bool = False) -> Model:
+    """The model for (category, mode, cfg): shipped in assets/, cached, or trained now."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    from .procedural import ensure_dataset
+    cfg = cfg or preset_for_notebook()
+    key = model_key(category, mode, cfg)
+    cached = os.path.join(cache_dir(), "models", key + ".pt")
+    for path in ([] if retrain else [os.path.join(ASSETS, "models", key + ".pt"), cached]):
+        if os.path.exists(path):
+            return Model.load(path, device=pick_device(device))
+    data_dir = ensure_dataset(category, "train", n_scenes=cfg.data_scenes,
+                              n_views=cfg.data_views, resolution=cfg.image_res, seed=0)
+    t0 = time.time()
+    tr = train_run(cfg, data_dir, mode, os.path.join(cache_dir(), "runs", key),
+                   device=device, progress=progress)
+    model = Model.from_trainer(tr, meta={"key": key, "wall_s": round(time.time() - t0, 1),
+                                         "device": str(tr.device)})
+    model.save(cached)
+    return model
+
+
+# ------------------------------------------------------------------ command line ----
+def add_arguments(p):
+    p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"])
+    p.add_argument("--mode", default="single-stage", choices=list(MODES))
+    p.add_argument("--data", required=True, help="SRN-format folder of training scenes")
+    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.jsonl, model.pt)")
+    p.add_argument("--iters", type=int, help="outer iterations (per stage for two-stage)")
+    p.add_argument("--views-per-scene", type=int, help="fixed views per scene (3 = sparse); 0 = all")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--seed", type=int)
+
+
+def run(args):
+    over = {k: v for k, v in (("iters", args.iters), ("views_per_scene", args.views_per_scene),
+                              ("seed", args.seed)) if v is not None}
+    cfg = get_preset(args.preset, **over)
+    if not os.path.isdir(args.data):
+        raise SystemExit(f"--data {args.data}: no such folder")
+    if os.path.exists(os.path.join(args.out, "checkpoint.pt")) and not args.resume:
+        raise SystemExit(f"{args.out} already holds a checkpoint: pass --resume to continue it, "
+                         "or choose another --out")
+    t0 = time.time()
+    tr = train_run(cfg, args.data, args.mode, args.out, device=args.device, resume=args.resume)
+    model = Model.from_trainer(tr, meta={"command": "python -m minissd train " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)),
+        "wall_s_last_session": round(time.time() - t0, 1), "device": str(tr.device)})
+    path = model.save(os.path.join(args.out, "model.pt"))
+    print(f"checkpoint: {tr.ckpt_path()}\nmodel for sampling/reconstruction: {path}\n"
+          f"log: {os.path.join(args.out, 'log.jsonl')}")

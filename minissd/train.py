@@ -1,0 +1,309 @@
+"""Single-stage training with prior gradient caching (eq. 4, Algorithm 1), and the
+two-stage baseline built from the same parts.
+
+    L = lambda_rend * L_rend({x_i}, psi) + lambda_diff * L_diff({x_i}, phi)       (4)
+
+Algorithm 1 (one outer iteration, for a batch of scenes B_sc):
+    4   g_phi, g_x^diff <- grad_{phi, x} lambda_diff L_diff      # diffusion gradient
+    5   phi <- phi - Adam(g_phi)
+    6   for k_in = 1..K_in:
+    7       sample a batch of rays
+    8       g_x^rend <- grad_x lambda_rend L_rend                 # rendering gradient
+    9       g_x <- g_x^rend + g_x^diff                            # add the CACHED prior grad
+    10      x <- x - Adam(g_x)                                     # per-scene Adam
+    11-13   on the last k_in: psi <- psi - Adam(grad_psi lambda_rend L_rend)
+
+The expensive denoiser pass happens once per outer iteration; its gradient on the codes
+is re-used over K_in cheap rendering steps. K_in follows `cfg.k_in_schedule`.
+
+Two-stage baseline (`mode="two-stage"`): `iters` outer iterations of stage 1 (the same
+rendering steps with no prior gradient: a plain auto-decoder), then `iters` iterations
+of stage 2 (codes and decoder frozen and treated as data, only the denoiser trains).
+Both stages see as many updates as the single-stage run, so the comparison is fair.
+
+Gradients on codes are taken w.r.t. the pre-activation `code_` (x = 2 tanh(code_)).
+Losses are averaged over the scenes of a batch for both terms, as the E_i of eq. (1-2).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .autodecoder import rendering_loss, sample_rays
+from .config import Config
+from .decoder import TriplaneDecoder
+from .diffusion import DiffusionPrior
+from .ema import ema_copy, ema_update
+from .occupancy import OccupancyGrid
+from .triplane import CodeBank, code_activation, make_field, planes_to_image
+
+FORMAT = "minissd-train-v1"
+MODES = ("single-stage", "two-stage")
+
+
+def sparse_view_ids(n_views: int, k: int) -> list[int]:
+    """k fixed views spread over the n_views of a scene (the paper's 3 views: 0, 24, 49)."""
+    if k <= 0 or k >= n_views:
+        return list(range(n_views))
+    return [round(i * (n_views - 1) / (k - 1)) for i in range(k)] if k > 1 else [0]
+
+
+def warmup_factor(it: int, warmup: int) -> float:
+    return min(1.0, (it + 1) / max(1, warmup))
+
+
+class Trainer:
+    """Owns the codes {x_i}, decoder psi, denoiser phi, their optimisers and EMAs.
+
+    scene_data: dict from `SRNDataset.stack()` (images (N,V,H,W,3), c2w, K), already
+    restricted to the training views.
+    """
+
+    def __init__(self, cfg: Config, scene_data: dict, mode: str = "single-stage",
+                 device="cpu", out_dir: str | None = None, data_id: str = ""):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.cfg, self.mode, self.device, self.out_dir = cfg, mode, torch.device(device), out_dir
+        self.data = {k: v.to(self.device) if torch.is_tensor(v) else v
+                     for k, v in scene_data.items()}
+        self.n_scenes, self.n_views = self.data["images"].shape[:2]
+        self.data_id = data_id or f"{self.n_scenes}x{self.n_views}"
+        torch.manual_seed(cfg.seed)
+        self.bank = CodeBank(self.n_scenes, cfg.code_ch, cfg.code_res, device=self.device)
+        # per-scene occupancy grids for empty-space skipping (all cells occupied at first)
+        self.occupancy = OccupancyGrid.full(self.n_scenes, cfg.occ_grid_res, self.device)
+        self.decoder = TriplaneDecoder(cfg.code_ch, cfg.dec_hidden).to(self.device)
+        self.prior = DiffusionPrior(cfg).to(self.device)
+        self.opt_dec = torch.optim.Adam(self.decoder.parameters(), lr=cfg.lr_decoder)
+        self.opt_prior = torch.optim.Adam(self.prior.parameters(), lr=cfg.lr_denoiser)
+        self.ema_decoder, self.ema_prior = ema_copy(self.decoder), ema_copy(self.prior)
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.it = 0
+        self.log: list[dict] = []
+        self.denoiser_calls = 0          # counted so tests can check the gradient cache
+
+    # ---------------------------------------------------------------- schedule ----
+    @property
+    def total_iters(self) -> int:
+        return self.cfg.iters * (2 if self.mode == "two-stage" else 1)
+
+    def phase(self, it: int | None = None) -> str:
+        it = self.it if it is None else it
+        if self.mode == "single-stage":
+            return "single-stage"
+        return "stage1" if it < self.cfg.iters else "stage2"
+
+    def _set_lrs(self):
+        f = warmup_factor(self.it % self.cfg.iters if self.mode == "two-stage" else self.it,
+                          self.cfg.warmup)
+        for g in self.opt_dec.param_groups:
+            g["lr"] = self.cfg.lr_decoder * f
+        for g in self.opt_prior.param_groups:
+            g["lr"] = self.cfg.lr_denoiser * f
+
+    def sample_scenes(self) -> torch.Tensor:
+        b = min(self.cfg.scenes_per_batch, self.n_scenes)
+        return torch.randperm(self.n_scenes, generator=self.gen, device=self.device)[:b]
+
+    # ------------------------------------------------------------ the steps ------
+    def diffusion_grad(self, idx: torch.Tensor, step_denoiser: bool = True, t=None, noise=None):
+        """Algorithm 1 lines 4-5: lambda_diff * L_diff on the batch's codes, a denoiser
+        step, and the gradient on the codes returned as the cached prior gradient.
+        (t, noise) default to fresh draws from the trainer's generator."""
+        code_ = self.bank.codes_[idx].detach().clone().requires_grad_(True)
+        x0 = planes_to_image(code_activation(code_))             # (B, 3C, R, R)
+        lam = self.prior.lambda_diff(self.cfg.c_diff)
+        loss = self.prior.loss(x0, t=t, noise=noise, generator=self.gen).mean()
+        self.denoiser_calls += 1
+        self.opt_prior.zero_grad(set_to_none=True)
+        (lam * loss).backward()
+        if step_denoiser:
+            self.opt_prior.step()                                # line 5
+        self.prior.update_x0_ema(x0.detach())
+        return code_.grad.detach(), loss.item()
+
+    def rendering_step(self, idx: torch.Tensor, prior_grad, step_decoder: bool):
+        """Algorithm 1 lines 7-13: fresh rays, rendering gradient + cached prior gradient,
+        per-scene Adam step on the codes; the decoder steps only when `step_decoder`."""
+        code_ = self.bank.codes_[idx].detach().clone().requires_grad_(True)
+        x = code_activation(code_)                                # (B, 3, C, R, R)
+        origins, dirs, target = sample_rays(self.data, idx, self.cfg.rays_per_scene, self.gen)
+        loss = rendering_loss(self.decoder, x, origins, dirs, target, self.cfg, self.n_views,
+                              generator=self.gen, occupancy=self.occupancy[idx]).mean()
+        params = [code_] + (list(self.decoder.parameters()) if step_decoder else [])
+        grads = torch.autograd.grad(loss, params)
+        g_x = grads[0] if prior_grad is None else grads[0] + prior_grad   # line 9
+        self.bank.adam_step(idx, g_x, self.cfg.lr_code)                   # line 10
+        if step_decoder:                                                  # lines 11-13
+            for p, g in zip(self.decoder.parameters(), grads[1:]):
+                p.grad = g
+            self.opt_dec.step()
+            self.opt_dec.zero_grad(set_to_none=True)
+        return loss.item()
+
+    @torch.no_grad()
+    def refresh_occupancy(self, idx: torch.Tensor):
+        """Rebuild the batch's occupancy grids from the current density (once per outer
+        iteration, as the official code does; cells stay occupied during warm-up)."""
+        if self.it >= self.cfg.occ_warmup:
+            field = make_field(self.decoder, code_activation(self.bank.codes_[idx]))
+            self.occupancy.refresh(field, idx, self.cfg.occ_threshold, n_jitter=1,
+                                   generator=self.gen)
+
+    def outer_step(self) -> dict:
+        """One outer iteration of Algorithm 1 (or of the two-stage baseline)."""
+        self._set_lrs()
+        phase, idx = self.phase(), self.sample_scenes()                # line 3
+        k_in = self.cfg.k_in(self.it % self.cfg.iters if phase == "stage2" else self.it)
+        t0 = time.perf_counter()
+        loss_diff, g_diff = float("nan"), None
+        if phase in ("single-stage", "stage2"):
+            g_diff, loss_diff = self.diffusion_grad(idx)               # lines 4-5
+            if phase == "stage2":                                      # codes stay frozen
+                g_diff = None
+        t1 = time.perf_counter()
+        loss_rend = float("nan")
+        if phase in ("single-stage", "stage1"):
+            self.refresh_occupancy(idx)
+            for k in range(k_in):                                      # lines 6-13
+                loss_rend = self.rendering_step(idx, g_diff, step_decoder=(k == k_in - 1))
+        t2 = time.perf_counter()
+        return self.end_iteration(phase, k_in, loss_rend, loss_diff, t1 - t0, t2 - t1)
+
+    def end_iteration(self, phase, k_in, loss_rend, loss_diff, t_diff=0.0, t_rend=0.0) -> dict:
+        """EMA updates of psi and phi, the iteration count and one log row."""
+        ema_update(self.ema_decoder, self.decoder, self.cfg.ema_beta)
+        ema_update(self.ema_prior, self.prior, self.cfg.ema_beta)
+        self.it += 1
+        row = {"iter": self.it, "phase": phase, "k_in": k_in, "loss_rend": loss_rend,
+               "loss_diff": loss_diff, "lambda_diff": self.prior.lambda_diff(self.cfg.c_diff),
+               "t_diff": t_diff, "t_rend": t_rend}
+        self.log.append(row)
+        return row
+
+    def train(self, iters: int | None = None, progress: bool = True, stop_after: int | None = None):
+        """Run until `total_iters` (or `stop_after` more iterations), checkpointing
+        atomically every cfg.ckpt_every iterations and at the end."""
+        end = self.total_iters if iters is None else iters
+        if stop_after is not None:
+            end = min(end, self.it + stop_after)
+        bar = tqdm(total=end, initial=self.it, disable=not progress, desc=self.mode)
+        while self.it < end:
+            row = self.outer_step()
+            bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss_rend", "loss_diff")
+                             if not math.isnan(row[k])}, refresh=False)
+            bar.update(1)
+            if self.out_dir and (self.it % self.cfg.ckpt_every == 0 or self.it == end):
+                self.save()
+        bar.close()
+        return self.log
+
+    # ---------------------------------------------------------- checkpoints ------
+    def state_dict(self) -> dict:
+        return {"format": FORMAT, "config": self.cfg.to_dict(), "mode": self.mode,
+                "data_id": self.data_id, "iter": self.it,
+                "bank": self.bank.state_dict(), "occupancy": self.occupancy.state_dict(),
+                "decoder": self.decoder.state_dict(),
+                "prior": self.prior.state_dict(), "opt_dec": self.opt_dec.state_dict(),
+                "opt_prior": self.opt_prior.state_dict(),
+                "ema_decoder": self.ema_decoder.state_dict(),
+                "ema_prior": self.ema_prior.state_dict(),
+                "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "log": self.log}
+
+    def load_state_dict(self, sd: dict, path: str = "<checkpoint>"):
+        if sd.get("format") != FORMAT:
+            raise ckpt.CheckpointError(f"{path}: format {sd.get('format')!r}, expected {FORMAT!r}")
+        ckpt.check_config(path, sd["config"], self.cfg.to_dict())
+        for key, want in (("mode", self.mode), ("data_id", self.data_id)):
+            if sd[key] != want:
+                raise ckpt.CheckpointError(f"{path}: made with {key}={sd[key]!r}, "
+                                           f"this run has {key}={want!r}")
+        self.bank.load_state_dict(sd["bank"])
+        self.occupancy = OccupancyGrid.from_state_dict(sd["occupancy"], self.device)
+        self.decoder.load_state_dict(sd["decoder"])
+        self.prior.load_state_dict(sd["prior"])
+        self.opt_dec.load_state_dict(sd["opt_dec"])
+        self.opt_prior.load_state_dict(sd["opt_prior"])
+        self.ema_decoder.load_state_dict(sd["ema_decoder"])
+        self.ema_prior.load_state_dict(sd["ema_prior"])
+        self.gen.set_state(sd["rng"])
+        torch.set_rng_state(sd["torch_rng"])
+        self.it, self.log = sd["iter"], list(sd["log"])
+
+    def ckpt_path(self) -> str:
+        return os.path.join(self.out_dir, "checkpoint.pt")
+
+    def save(self) -> str:
+        path = ckpt.save_atomic(self.ckpt_path(), self.state_dict())
+        write_log(os.path.join(self.out_dir, "log.jsonl"), self.log)
+        return path
+
+    def resume(self) -> bool:
+        """Continue from out_dir/checkpoint.pt when it exists; True if resumed."""
+        path = self.ckpt_path()
+        if not os.path.exists(path):
+            return False
+        self.load_state_dict(ckpt.load(path, map_location=self.device), path)
+        return True
+
+
+def compare_gradient_caching(tr: Trainer, k_in: int = 4) -> dict:
+    """What prior gradient caching saves, and what it costs, on one batch of scenes.
+
+    Runs K_in inner steps twice from the same codes: (a) the cached way (one denoiser
+    pass, its code gradient reused), (b) recomputing the diffusion gradient before every
+    inner step (K_in denoiser passes) with the same t and noise, so that the only change
+    is the codes having moved. Reports the cosine similarity between the cached gradient
+    and each fresh one, the denoiser passes and the seconds of each way.
+    Networks are not stepped and the codes are restored afterwards.
+    """
+    import copy
+    idx = tr.sample_scenes()
+    saved_bank = copy.deepcopy(tr.bank.state_dict())
+    saved_prior = copy.deepcopy(tr.prior.state_dict())
+    saved_dec = copy.deepcopy(tr.decoder.state_dict())
+    img_shape = (len(idx), 3 * tr.cfg.code_ch, tr.cfg.code_res, tr.cfg.code_res)
+    t = tr.prior.sample_t(len(idx), tr.device, generator=tr.gen)
+    noise = torch.randn(img_shape, generator=tr.gen, device=tr.device)
+    result = {}
+    for way in ("cached", "recomputed"):
+        tr.bank.load_state_dict(copy.deepcopy(saved_bank))
+        calls0, t0, cos = tr.denoiser_calls, time.perf_counter(), []
+        g_cached, _ = tr.diffusion_grad(idx, False, t, noise)
+        for k in range(k_in):
+            g = g_cached
+            if way == "recomputed" and k > 0:
+                g, _ = tr.diffusion_grad(idx, False, t, noise)
+                cos.append(torch.nn.functional.cosine_similarity(
+                    g.flatten(), g_cached.flatten(), dim=0).item())
+            tr.rendering_step(idx, g, step_decoder=False)
+        result[way] = {"denoiser_passes": tr.denoiser_calls - calls0,
+                       "seconds": time.perf_counter() - t0}
+        if cos:
+            result[way]["cosine_to_cached"] = cos
+    tr.bank.load_state_dict(saved_bank)
+    tr.prior.load_state_dict(saved_prior)
+    tr.decoder.load_state_dict(saved_dec)
+    return result
+
+
+def write_log(path: str, rows: list[dict]) -> None:
+    """The training log as JSON lines (one dict per outer iteration), written atomically."""
+    import json
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+def read_log(path: str) -> list[dict]:
+    import json
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

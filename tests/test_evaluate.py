@@ -1,0 +1,136 @@
+"""The evaluation protocol: view selection, recon / ablation / generation metrics, tables, JSON, CLI."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from minissd import evaluate as ev
+from minissd.config import get_preset
+from minissd.procedural import ensure_dataset
+
+FAST = dict(steps=2, finetune_kwargs={"outer": 2}, progress=False)   # seconds, not minutes
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from minissd.experiment import load_or_train
+    cfg = get_preset("smoke")
+    model = load_or_train("single-stage", cfg, progress=False)       # trains once, then cached
+    test = ensure_dataset("cars", "test", n_scenes=2, n_views=24, resolution=cfg.image_res,
+                          seed=0, progress=False)
+    train = ensure_dataset("cars", "train", n_scenes=cfg.data_scenes, n_views=cfg.data_views,
+                           resolution=cfg.image_res, seed=0, progress=False)
+    return model, test, train
+
+
+def test_paper_views_scale_to_short_spirals():
+    assert ev.scaled_view_ids([64], 251) == [64]
+    assert ev.scaled_view_ids([64, 104], 251) == [64, 104]
+    assert ev.scaled_view_ids([64], 24) == [6]                     # 64/251 of the way round
+    assert ev.scaled_view_ids([64, 104], 24) == [6, 10]
+    assert ev.scaled_view_ids([64, 104], 251 * 2) == [64, 104]
+    rest = ev.eval_view_ids(24, [6, 10], every=1)
+    assert len(rest) == 22 and 6 not in rest and 10 not in rest
+    assert ev.eval_view_ids(24, [6], every=5) == [0, 5, 11, 16, 21]
+
+
+def test_reconstruction_metrics_are_finite_with_the_paper_columns(setup):
+    model, test, _ = setup
+    r = ev.evaluate_reconstruction(model, test, input_views=(64,), n_scenes=2, eval_every=6, **FAST)
+    for k in ("PSNR", "SSIM", "LPIPS", "FID", "scenes", "n_images", "input_views"):
+        assert k in r
+    assert len(r["scenes"]) == 2 and r["n_images"] == sum(s["n_eval"] for s in r["scenes"]) == 8
+    assert all(s["input_ids"] == [6] for s in r["scenes"])
+    assert math.isfinite(r["PSNR"]) and 0 < r["PSNR"] < 60
+    assert 0 < r["SSIM"] <= 1
+    assert r["LPIPS"] is None or (0 <= r["LPIPS"] < 1)              # None: no VGG weights
+    assert r["FID"] is None or math.isfinite(r["FID"])
+    # the mean is over all images: equals the mean of scene means for equal view counts
+    assert r["PSNR"] == pytest.approx(np.mean([s["PSNR"] for s in r["scenes"]]), rel=1e-6)
+
+
+def test_ablations_rows_and_missing_model(setup):
+    model, test, _ = setup
+    res = ev.evaluate_ablations({"single-stage": model}, test, ablations=("A2", "A3"), n_scenes=1,
+                                eval_every=8, **FAST)
+    assert list(res) == ["A2", "A3"] and res["A3"]["finetune"] == "none"
+    assert res["A2"]["label"] == "A2 (single-stage, rend)"
+    table = ev.markdown_table(ev.side_by_side(res, ev.PAPER_ABLATION))
+    assert len(table.splitlines()) == 2 + 4 and "| A2 paper | 23.13 | 0.907 | 0.088 | 27.93 |" in table
+    assert table.splitlines()[2].startswith("| A2 ours | ")
+    with pytest.raises(ValueError, match="two-stage"):
+        ev.evaluate_ablations({"single-stage": model}, test, ablations=("A1",), n_scenes=1)
+
+
+def test_markdown_table_formats_and_na():
+    t = ev.markdown_table({"ours": {"PSNR": 23.521, "SSIM": 0.91349, "LPIPS": None, "FID": float("nan")},
+                           "paper": ev.PAPER_ABLATION["A0"]})
+    lines = t.splitlines()
+    assert lines[0] == "| method | PSNR | SSIM | LPIPS | FID |"
+    assert lines[2] == "| ours | 23.52 | 0.913 | n/a | n/a |"
+    assert lines[3] == "| paper | 23.52 | 0.913 | 0.078 | 16.39 |"
+    g = ev.markdown_table({"x": {"COV": 0.5, "MMD": 0.0012, "FID": None, "KID": 3.47e-3}}, ev.GEN_COLUMNS)
+    assert g.splitlines()[0] == "| method | COV (%) | MMD (x1e3) | FID | KID (x1e3) |"
+    assert g.splitlines()[2] == "| x | 50.0 | 1.200 | n/a | 3.47 |"
+
+
+def test_json_is_written_and_parseable(tmp_path):
+    path = ev.write_json({"a": np.float32(1.5), "b": None, "c": float("inf"), "d": [np.int64(3)],
+                          "e": (1, 2)}, str(tmp_path / "sub" / "r.json"))
+    with open(path) as f:
+        d = json.load(f)
+    assert d == {"a": 1.5, "b": None, "c": None, "d": [3], "e": [1, 2]}
+
+
+def test_known_answer_fitted_codes_beat_random_codes(setup):
+    """Codes fitted to a training scene's views must score higher than random codes."""
+    from minissd.data import SRNDataset
+    from minissd.finetune import finetune
+    from minissd.guidance import views_to_rays
+    model, _, train = setup
+    ds = SRNDataset(train, resolution=model.cfg.image_res)
+    sc, g = ds[0], torch.Generator().manual_seed(0)
+    x_rand = 0.5 * torch.randn(1, *model.codes.shape[1:], generator=g)
+    rays = views_to_rays(sc["images"], sc["c2w"], sc["K"])
+    x_fit = finetune(model.decoder, model.prior, 0.01 * x_rand, rays, model.cfg, len(sc["images"]),
+                     mode="rend", outer=10, lr=5e-2, generator=g)
+    fit, rand = ev.evaluate_codes(model, x_fit, ds), ev.evaluate_codes(model, x_rand, ds)
+    assert fit["n_images"] == rand["n_images"] == len(sc["images"])
+    assert fit["PSNR"] > rand["PSNR"] + 1.0 and fit["SSIM"] > rand["SSIM"]
+
+
+def test_generation_cov_in_unit_interval_and_mmd_nonnegative(setup):
+    model, test, train = setup
+    cal = ev.calibrate_threshold(model, train, n_codes=2, candidates=[0.1, 1.0, 10.0], res=24,
+                                 n_points=256)
+    assert cal["threshold"] in (0.1, 1.0, 10.0) and len(cal["curve"]) == 3
+    assert cal["chamfer"] == min(cal["curve"])
+    r = ev.evaluate_generation(model, test, n_samples=3, threshold=cal["threshold"], res=24,
+                               n_points=256, steps=2, progress=False)
+    assert 0.0 <= r["COV"] <= 1.0 and r["n_reference"] == 2
+    assert r["MMD"] is None or r["MMD"] >= 0                     # None only if every shell is empty
+    assert (r["MMD"] is None) == (r["n_empty"] == 3)
+    assert r["FID"] is None or math.isfinite(r["FID"])
+
+
+def test_surface_points_of_an_empty_field_is_empty(setup):
+    model, _, _ = setup
+    p = ev.surface_points(model, model.codes[0], threshold=1e9, res=8, n_points=16)
+    assert p.shape == (0, 3)
+
+
+def test_cli_writes_table_and_json(setup, tmp_path, capsys):
+    from minissd.cli import main
+    model, test, _ = setup
+    ckpt = model.save(str(tmp_path / "m.pt"))
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--ckpt", ckpt, "--data", test, "--task", "recon", "--ablation", "A3",
+                 "--scenes", "1", "--eval-every", "8", "--steps", "2", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| A3 ours |" in printed and "| A3 paper | 23.07 | 0.905 | 0.092 | 30.95 |" in printed
+    d = json.loads(out.read_text())
+    assert math.isfinite(d["results"]["A3"]["PSNR"]) and d["table"].startswith("| method |")
+    with pytest.raises(SystemExit, match="ckpt2"):
+        main(["evaluate", "--ckpt", ckpt, "--data", test, "--ablation", "A1", "--json", str(out)])

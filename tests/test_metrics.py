@@ -1,0 +1,211 @@
+"""Tests for minissd.metrics: hand-checkable values, no network, no pretrained weights."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from minissd import metrics as M
+
+
+# ----------------------------------------------------------------------------- PSNR
+
+def test_psnr_constant_error_is_20db():
+    gt = torch.full((2, 8, 8, 3), 0.2)
+    p = M.psnr(gt + 0.1, gt, quantize=False)
+    assert p.shape == (2,)
+    assert torch.allclose(p, torch.full((2,), 20.0), atol=1e-4)
+
+
+def test_psnr_quantisation_and_clamp():
+    gt = torch.full((8, 8, 3), 0.5)                   # 0.5 is not on the 8-bit grid
+    # round(127.5) -> 128 (half to even): error 0.5/255 -> PSNR = 20 log10(510)
+    assert M.psnr(gt, gt).item() == pytest.approx(20 * math.log10(510), abs=1e-3)
+    assert M.psnr(gt, gt, quantize=False).item() == math.inf
+    one = torch.ones(8, 8, 3)
+    assert M.psnr(one * 1.3, one).item() == math.inf  # clamped to 1 first
+    q = M.quantize8(torch.tensor([-0.2, 0.3 / 255, 0.7 / 255, 2.0]))
+    assert torch.allclose(q, torch.tensor([0.0, 0.0, 1 / 255, 1.0]))
+
+
+def test_psnr_per_image_and_shape_errors():
+    gt = torch.zeros(2, 4, 4, 3)
+    pred = torch.stack([torch.full((4, 4, 3), 0.1), torch.full((4, 4, 3), 0.01)])
+    p = M.psnr(pred, gt, quantize=False)
+    assert p[0].item() == pytest.approx(20.0, abs=1e-4) and p[1].item() == pytest.approx(40.0, abs=1e-3)
+    with pytest.raises(ValueError):
+        M.psnr(torch.zeros(2, 4, 4, 3), torch.zeros(2, 4, 5, 3))
+
+
+# ----------------------------------------------------------------------------- SSIM
+
+def _img(seed, n=1, h=32, w=32):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.linspace(0, 0.7, w)[None, None, :, None]
+    return (0.3 * torch.rand(n, h, w, 3, generator=g) + base).clamp(0, 1)
+
+
+def test_ssim_identity_is_one():
+    x = M.quantize8(_img(0, n=2))
+    s = M.ssim(x, x)
+    assert s.shape == (2,)
+    assert torch.allclose(s, torch.ones(2), atol=1e-6)
+
+
+def test_ssim_decreases_with_noise():
+    gt = _img(1)
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(gt.shape, generator=g)
+    vals = [M.ssim((gt + s * noise).clamp(0, 1), gt).item() for s in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4)]
+    assert all(a > b for a, b in zip(vals, vals[1:])), vals
+    assert vals[0] > 0.999 and vals[-1] < 0.5
+
+
+def test_ssim_constant_images_closed_form():
+    a, b = 0.2, 0.6                                     # quantize=False keeps the means exact
+    x, y = torch.full((16, 20, 3), a), torch.full((16, 20, 3), b)
+    C1 = 0.01 ** 2
+    expected = (2 * a * b + C1) / (a * a + b * b + C1)  # variance terms are 0: (0 + C2)/(0 + C2)
+    assert M.ssim(x, y, quantize=False).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_ssim_too_small_raises():
+    with pytest.raises(ValueError, match="window"):
+        M.ssim(torch.zeros(8, 8, 3), torch.zeros(8, 8, 3))
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def test_chamfer_known_values():
+    p = torch.tensor([[0.0, 0, 0]])
+    q = torch.tensor([[1.0, 0, 0], [2.0, 0, 0]])
+    # p->q: 1^2 = 1 ; q->p: mean(1, 4) = 2.5
+    assert M.chamfer_distance(p, q) == pytest.approx(3.5)
+    assert M.chamfer_distance(q, p) == pytest.approx(3.5)
+    r = torch.randn(50, 3)
+    assert M.chamfer_distance(r, r) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_coverage_mmd_known_values():
+    pt = lambda x: torch.tensor([[x, 0.0, 0.0]])        # single points: CD = 2 d^2
+    refs = [pt(0.0), pt(10.0), pt(20.0)]
+    gens = [pt(0.1), pt(0.2)]
+    out = M.coverage_mmd(gens, refs)
+    assert out["cov"] == pytest.approx(1 / 3)
+    expected = (2 * 0.1 ** 2 + 2 * 9.8 ** 2 + 2 * 19.8 ** 2) / 3
+    assert out["mmd"] == pytest.approx(expected, rel=1e-5)
+    out = M.coverage_mmd(gens + [pt(19.0)], refs)
+    assert out["cov"] == pytest.approx(2 / 3)
+    assert out["mmd"] == pytest.approx((0.02 + 2 * 9.0 ** 2 + 2 * 1.0 ** 2) / 3, rel=1e-5)
+
+
+def test_points_from_density_sphere_shell():
+    sphere = lambda xyz: torch.where(xyz.norm(dim=-1) < 0.5, 100.0, 0.0)
+    g = torch.Generator().manual_seed(0)
+    pts = M.points_from_density(sphere, res=32, threshold=10.0, n_points=500, generator=g)
+    assert pts.shape == (500, 3)
+    r = pts.norm(dim=-1)
+    h = 2.0 / 32
+    assert (r - 0.5).abs().max() < math.sqrt(3) * h + 1e-6   # within one cell of the surface
+    assert r.min() > 0.5 - math.sqrt(3) * h                  # no interior points (shell only)
+    empty = M.points_from_density(lambda xyz: torch.zeros(len(xyz)), res=8, n_points=10)
+    assert empty.shape == (0, 3)
+
+
+# ----------------------------------------------------------------------------- FID / KID
+
+def test_fid_self_zero_and_mean_shift():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2000, 8))
+    assert abs(M.frechet_distance(a, a)) < 1e-6
+    shift = np.arange(8) * 0.1
+    # b = a + shift has exactly the same covariance: FID = ||shift||^2 exactly
+    assert M.frechet_distance(a, a + shift) == pytest.approx((shift ** 2).sum(), rel=1e-6)
+    # independent samples: FID ~ ||shift||^2 (+ small sampling bias)
+    b = rng.standard_normal((20000, 8)) + shift
+    c = rng.standard_normal((20000, 8))
+    assert M.frechet_distance(c, b) == pytest.approx((shift ** 2).sum(), abs=0.05)
+    # N(0, I) vs N(0, 4I): sum_i (1 + 4 - 2*2) = d
+    assert M.frechet_distance(c, 2 * b - 2 * shift) == pytest.approx(8.0, abs=0.3)
+
+
+def test_kid_near_zero_same_distribution_positive_when_shifted():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((600, 16)), rng.standard_normal((600, 16))
+    same, _ = M.kernel_inception_distance(a, b, subsets=20, subset_size=200)
+    shifted, std = M.kernel_inception_distance(a, b + 0.5, subsets=20, subset_size=200)
+    assert abs(same) < 0.02
+    assert shifted > 0.1 and shifted > 10 * abs(same) and std >= 0
+
+
+# ----------------------------------------------------------------------------- LPIPS / Inception
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """Empty torch hub dir, fresh warn/model caches, and any download attempt fails the test."""
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    monkeypatch.setattr(M, "_WARNED", set())
+    monkeypatch.setattr(M, "_MODELS", {})
+
+    def no_download(*a, **k):
+        raise AssertionError("metrics tried to download")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    import urllib.request
+    monkeypatch.setattr(urllib.request, "urlopen", no_download)
+    yield tmp_path
+    torch.hub.set_dir(old)
+
+
+def test_lpips_unavailable_message_once(empty_hub, capsys):
+    x = torch.rand(2, 32, 32, 3)
+    assert M.lpips(x, x) is None
+    assert M.lpips(x, x) is None
+    err = capsys.readouterr().err
+    assert err.count("LPIPS unavailable") == 1
+    assert os.path.join(str(empty_hub), "checkpoints", "vgg16-397923af.pth") in err
+    assert "IMAGENET1K_V1" in err
+    assert M.inception_features(x) is None
+    assert M.inception_features(x) is None
+    assert capsys.readouterr().err.count("FID/KID unavailable") == 1
+
+
+def test_lpips_plumbing_shape_random_trunk(empty_hub):
+    model = M._lpips_model(pnet_rand=True)            # shapes only: NOT an LPIPS value
+    pred, gt = torch.rand(3, 32, 32, 3), torch.rand(3, 32, 32, 3)
+    d = M.lpips(pred, gt, model=model)
+    assert d.shape == (3,) and torch.isfinite(d).all()
+    assert torch.allclose(M.lpips(gt, gt, model=model, quantize=False), torch.zeros(3), atol=1e-6)
+
+
+def test_lpips_loads_local_vgg_and_package_linear_layers(empty_hub):
+    """A features-only VGG16 file in the hub cache is mapped into the lpips trunk."""
+    import lpips as lpips_pkg
+    import torchvision
+    ckpt = empty_hub / "checkpoints"
+    ckpt.mkdir()
+    features = torchvision.models.vgg16(weights=None).features.state_dict()
+    torch.save({f"features.{k}": v for k, v in features.items()}, ckpt / M.VGG16_FILE)
+    model = M._lpips_model()
+    assert model is not None
+    assert torch.equal(getattr(model.net.slice3, "10").weight, features["10.weight"])
+    assert torch.equal(getattr(model.net.slice5, "28").bias, features["28.bias"])
+    lin = torch.load(os.path.join(os.path.dirname(lpips_pkg.__file__), "weights/v0.1/vgg.pth"),
+                     map_location="cpu")
+    assert torch.equal(model.lin0.model[1].weight, lin["lin0.model.1.weight"])
+
+
+# ----------------------------------------------------------------------------- tables
+
+def test_mean_and_summarize():
+    assert M.mean([1.0, 2.0, 3.0]) == pytest.approx(2.0)
+    assert M.mean(torch.tensor([20.0, 30.0])) == pytest.approx(25.0)
+    assert M.mean(None) is None and M.mean([]) is None
+    row = M.summarize({"PSNR": [23.0, 24.04], "SSIM": torch.tensor([0.9, 0.92]),
+                       "LPIPS": None, "FID": None}, label="cars 1-view")
+    assert row == "| cars 1-view | 23.52 | 0.910 | n/a | n/a |"
+    header = M.summary_header()
+    assert header.splitlines()[0] == "| method | PSNR | SSIM | LPIPS | FID |"
+    assert header.splitlines()[1] == "|---|---|---|---|---|"
