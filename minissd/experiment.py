@@ -174,8 +174,9 @@ def run(args):
                          "or choose another --out")
     t0 = time.time()
     tr = train_run(cfg, args.data, args.mode, args.out, device=args.device, resume=args.resume)
-    model = Model.from_trainer(tr, meta={"command": "python -m minissd train " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)),
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+             for k, v in vars(args).items() if v not in (None, False)]
+    model = Model.from_trainer(tr, meta={"command": "python -m minissd train " + " ".join(flags),
         "wall_s_last_session": round(time.time() - t0, 1), "device": str(tr.device)})
     path = model.save(os.path.join(args.out, "model.pt"))
     print(f"checkpoint: {tr.ckpt_path()}\nmodel for sampling/reconstruction: {path}\n"
