@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .autodecoder import rendering_loss, sample_rays
+from .autodecoder import backward_rendering_loss, sample_rays
 from .config import Config
 from .decoder import TriplaneDecoder
 from .diffusion import DiffusionPrior
@@ -132,28 +132,20 @@ class Trainer:
         """Algorithm 1 lines 7-13: fresh rays, rendering gradient + cached prior gradient,
         per-scene Adam step on the codes; the decoder steps only when `step_decoder`.
 
-        The batch is rendered in passes of at most MAX_RAYS_PER_PASS rays with the
-        gradients summed: the same update as one pass, with activations small enough for
-        CPU caches (about 2x faster) and GPU memory."""
+        The batch is rendered in passes of at most MAX_RAYS_PER_PASS rays
+        (autodecoder.backward_rendering_loss): the same gradients, less memory."""
         code_ = self.bank.codes_[idx].detach().clone().requires_grad_(True)   # (B, 3, C, R, R)
-        origins, dirs, target = sample_rays(self.data, idx, self.cfg.rays_per_scene, self.gen)
-        B = len(idx)
-        per_pass = max(1, MAX_RAYS_PER_PASS // self.cfg.rays_per_scene)      # scenes per pass
+        rays = sample_rays(self.data, idx, self.cfg.rays_per_scene, self.gen)
         self.decoder.zero_grad(set_to_none=True)
-        total = 0.0
-        for s in range(0, B, per_pass):
-            sl = slice(s, s + per_pass)
-            loss = rendering_loss(self.decoder, code_activation(code_[sl]), origins[sl],
-                                  dirs[sl], target[sl], self.cfg, self.n_views,
-                                  generator=self.gen, occupancy=self.occupancy[idx[sl]]).sum() / B
-            loss.backward()                                   # grads of the mean over scenes
-            total += loss.item()
+        losses = backward_rendering_loss(self.decoder, code_, rays, self.cfg, self.n_views, idx,
+                                         self.occupancy, self.gen, scale=1.0 / len(idx),
+                                         max_rays_per_pass=MAX_RAYS_PER_PASS)   # mean over scenes
         g_x = code_.grad if prior_grad is None else code_.grad + prior_grad  # line 9
         self.bank.adam_step(idx, g_x, self.cfg.lr_code)                     # line 10
         if step_decoder:                                                    # lines 11-13
             self.opt_dec.step()
         self.decoder.zero_grad(set_to_none=True)
-        return total
+        return losses.mean().item()
 
     @torch.no_grad()
     def refresh_occupancy(self, idx: torch.Tensor):
