@@ -5,7 +5,13 @@ decoder psi. Codes and decoder are fitted jointly by minimising, per scene,
 
     L_rend(x_i, psi) = lambda_rend * 1/|R| sum_{r in R} 1/2 || C(r; x_i, psi) - y_r ||^2
                        + c_reg * mean(x_i^2),
-    lambda_rend(N_v) = c_rend * (1 - exp(-0.1 N_v)) / N_v,
+    lambda_rend(N_v) = c_rend * (1 - exp(-0.1 N_v)),
+
+The paper's eq. (1) SUMS the squared error over all pixels of the N_v views and weighs
+the sum by c (1 - exp(-0.1 N_v)) / N_v; here the error is a MEAN over rays, which already
+divides by the number of pixels, so the 1/N_v is gone (as in the official code: MSE x 20 x
+3 x (1 - exp(-0.1 N_v)), i.e. c_rend = 40 on our 0.5 * sum-over-RGB error). Fewer views
+therefore weigh rendering LESS and leave more to the prior.
 
 with R random rays drawn across all N_v views of the scene, C(r; x, psi) the volume
 rendering of eq. 1 (render.py) and y_r the pixel colour. This is stage 1 of the two-stage
@@ -66,16 +72,40 @@ def sample_rays(scene_data: dict, idx, n_rays: int, generator: torch.Generator |
 
 
 def lambda_rend(c_rend: float, n_views: int) -> float:
-    """c_rend * (1 - exp(-0.1 N_v)) / N_v: fewer views -> more weight per view."""
-    return c_rend * (1.0 - math.exp(-0.1 * n_views)) / n_views
+    """c_rend * (1 - exp(-0.1 N_v)), the weight of a per-ray MEAN error (eq. 1's sum over
+    N_v views' pixels carries an extra 1/N_v that the mean already contains): fewer views,
+    less weight, so a 1-view finetune leans on the prior about 10x more than 50 views."""
+    return c_rend * (1.0 - math.exp(-0.1 * n_views))
+
+
+def tv_regulariser(x: torch.Tensor, power: float = 1.5) -> torch.Tensor:
+    """Total variation of each plane, per scene: x (B, 3, C, R, R) -> (B,).
+
+    mean over texels of ||(dx, dy)||^power with forward differences (zero at the last row
+    and column), as the official `TVLoss` (lib/models/losses/tv_loss.py) that regularises
+    the codes in stage 1 of the two-stage baseline (power 1.5, weight 1)."""
+    dx = torch.nn.functional.pad(x.diff(dim=-1), (0, 1))
+    dy = torch.nn.functional.pad(x.diff(dim=-2), (0, 0, 0, 1))
+    return (dx.pow(2) + dy.pow(2) + 1e-12).sqrt().pow(power).flatten(1).mean(1)
+
+
+def code_regulariser(x: torch.Tensor, cfg, kind: str = "l2") -> torch.Tensor:
+    """The code term of the rendering loss, per scene (B,): "l2" cfg.code_reg * mean(x^2)
+    (the paper's configs), "tv" cfg.stage1_tv * TV^1.5 (the official stage-1 baseline)."""
+    if kind == "l2":
+        return cfg.code_reg * x.pow(2).flatten(1).mean(1)
+    if kind == "tv":
+        return cfg.stage1_tv * tv_regulariser(x)
+    raise ValueError(f"code_regulariser: kind must be 'l2' or 'tv', got {kind!r}")
 
 
 def rendering_loss(decoder, x: torch.Tensor, origins, dirs, target, cfg, n_views: int,
                    generator: torch.Generator | None = None, occupancy=None,
-                   stats: dict | None = None) -> torch.Tensor:
+                   stats: dict | None = None, reg: str = "l2") -> torch.Tensor:
     """Per-scene rendering loss (B,) of activated codes x (B, 3, C, R, R) on a RayBatch.
 
-    lambda_rend * 0.5 * ||y - y_hat||^2 (sum over RGB, mean over rays) + code_reg * mean(x^2).
+    lambda_rend * 0.5 * ||y - y_hat||^2 (sum over RGB, mean over rays) + the code
+    regulariser `reg` (code_regulariser: "l2" code_reg * mean(x^2), or "tv").
     Stratified samples (cfg.n_samples). If `stats` is a dict, stats["mse"] gets the (B,)
     per-channel MSE (detached) for logging.
     """
@@ -84,7 +114,7 @@ def rendering_loss(decoder, x: torch.Tensor, origins, dirs, target, cfg, n_views
                       occupancy=occupancy)
     sq = (out["rgb"] - target).pow(2)                                   # (B, N, 3)
     loss = lambda_rend(cfg.c_rend, n_views) * 0.5 * sq.sum(-1).mean(-1)
-    loss = loss + cfg.code_reg * x.pow(2).flatten(1).mean(1)
+    loss = loss + code_regulariser(x, cfg, reg)
     if stats is not None:
         stats["mse"] = sq.detach().mean(dim=(1, 2))
     return loss
@@ -93,7 +123,7 @@ def rendering_loss(decoder, x: torch.Tensor, origins, dirs, target, cfg, n_views
 def backward_rendering_loss(decoder, code_: torch.Tensor, rays: RayBatch, cfg, n_views: int, idx,
                             occupancy=None, generator: torch.Generator | None = None,
                             scale: float = 1.0, max_rays_per_pass: int = 2048,
-                            stats: dict | None = None) -> torch.Tensor:
+                            stats: dict | None = None, reg: str = "l2") -> torch.Tensor:
     """Backpropagate scale * sum_i rendering_loss_i for pre-activation codes code_ (B, 3, C, R, R)
     (a leaf requiring grad) of scenes idx (B,), in passes of at most max_rays_per_pass rays.
 
@@ -110,7 +140,7 @@ def backward_rendering_loss(decoder, code_: torch.Tensor, rays: RayBatch, cfg, n
         occ = occupancy[idx[sl]] if occupancy is not None else None
         loss = rendering_loss(decoder, code_activation(code_[sl]), rays.origins[sl], rays.dirs[sl],
                               rays.target[sl], cfg, n_views, generator=generator, occupancy=occ,
-                              stats=stats)
+                              stats=stats, reg=reg)
         (loss.sum() * scale).backward()
         losses.append(loss.detach())
         if stats is not None:

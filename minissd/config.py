@@ -46,9 +46,11 @@ class Config:
     lr_decoder: float = 1e-3
     lr_denoiser: float = 1e-4
     warmup: int = 100              # linear LR warm-up (iterations) for the networks
-    c_rend: float = 1000.0         # lambda_rend = c_rend * (1 - exp(-0.1 N_v)) / N_v; 1000 gives
-                                   # lambda_rend ~ 20 at N_v = 50, the official MSE weight 20
-                                   # (c_rend = 1 lets code_reg swamp the rendering loss)
+    c_rend: float = 40.0           # lambda_rend = c_rend * (1 - exp(-0.1 N_v)) on the per-ray mean
+                                   # of 0.5 ||y - y_hat||^2 (no 1/N_v: the mean has it); 40 is the
+                                   # official 20 x 3 x per-channel MSE (eq. 1, autodecoder.py)
+    stage1_tv: float = 1.0         # two-stage baseline, stage 1: TV^1.5 code regulariser weight
+                                   # (official stage-1 configs), instead of code_reg
     # --- diffusion prior phi (REFERENCE 3) ------------------------------------------
     T: int = 1000
     schedule: str = "linear"       # "linear" (paper) or "cosine"
@@ -63,6 +65,12 @@ class Config:
     x0_ema_momentum: float = 1e-3  # EMA momentum of mean(x0^2) for lambda_diff (official)
     ddim_steps: int = 50
     ema_beta: float = 0.995
+    ema_rampup: float = 0.05       # EMA half-life ramps up as rampup x iteration (official; 0 = off)
+    # --- denoiser updates per outer iteration (the laptop recipe, train.py) ----------
+    diff_steps: int = 1            # denoiser updates per outer iteration: the first is Algorithm 1
+                                   # lines 4-5 (its code gradient is the cached prior gradient), the
+                                   # other diff_steps - 1 train phi on detached codes of all scenes
+    diff_batch: int = 0            # scenes per extra denoiser update (0 = scenes_per_batch)
     # --- single-stage schedule (REFERENCE 4) ----------------------------------------
     iters: int = 3000
     k_in_schedule: tuple = ((0, 16), (200, 4), (2000, 2))  # (from_iter, K_in)
@@ -98,10 +106,13 @@ PRESETS = {
         occ_grid_res=16, occ_warmup=5, scenes_per_batch=4, rays_per_scene=256, warmup=5,
         unet_base=16, unet_mults=(1, 2), unet_res_blocks=1, unet_attn_res=(8,),
         unet_groups=4, ddim_steps=10, ema_beta=0.9, iters=200, lr_denoiser=1e-3,
-        k_in_schedule=((0, 4), (10, 2)), ckpt_every=10),
+        k_in_schedule=((0, 4), (10, 2)), ckpt_every=10, diff_steps=2),
     # minutes on 2 CPU cores: the class's own runs
+    # diff_steps/diff_batch: 4 denoiser updates per outer iteration (3 of them on 16 detached
+    # codes) so the prior gets ~58K code samples in 1000 iterations instead of 8K (train.py)
     "laptop": Config(name="laptop", rays_per_scene=512, n_samples=48, lr_denoiser=1e-3,
-                     warmup=50, iters=1000, k_in_schedule=((0, 4), (100, 2)), ckpt_every=250),
+                     warmup=50, iters=1000, k_in_schedule=((0, 4), (100, 2)), ckpt_every=250,
+                     diff_steps=4, diff_batch=16),
     # the paper's data sizes on one GPU, with a lighter denoiser
     "gpu": Config(
         name="gpu", image_res=128, data_scenes=512, code_res=128, n_samples=128, occ_grid_res=64,

@@ -3,12 +3,17 @@
 With h = W1 f(p) + b1 (f(p) in R^{3C} the concatenated triplane feature, eq. in triplane.py):
 
     sigma(p)    = truncexp( w_sigma . SiLU(h) + b_sigma )                     (density)
-    c(p, d)     = sigmoid( W_c SiLU( h + W_d Y(d) + b_d ) + b_c )             (colour)
+    c(p, d)     = (1 + 2 s) sigmoid( W_c SiLU( h + W_d Y(d) + b_d ) + b_c ) - s     (colour)
 
 where Y(d) in R^16 are the real spherical harmonics of degree <= 3 ("degree 4", 4 bands)
 of the unit view direction, W_d starts at zero (so colour starts view independent), and
 truncexp is exp in the forward pass with the exponent clamped to +-15 in the backward pass
-(a stable gradient for very dense points). There is no positional encoding: all spatial
+(a stable gradient for very dense points). The colour's sigmoid is stretched by the
+saturation s = 0.001 (official `sigmoid_saturation`) so that pure white and black are
+reached at finite logits (the white background needs it), then clamped to [0, 1] by the
+renderer's callers. Linear layers start Xavier-uniform with zero bias, W_d at zero, as
+the official `TriPlaneDecoder.init_weights` (lib/models/decoders/triplane_decoder.py).
+There is no positional encoding: all spatial
 detail lives in the triplane. About 2.6K parameters for C = 6, hidden = 64 -- all decoders
 of all scenes are this one small MLP, conditioned only by the code.
 
@@ -71,13 +76,18 @@ def sh_basis(dirs: torch.Tensor) -> torch.Tensor:
 class TriplaneDecoder(nn.Module):
     """psi: (feat (..., 3C), dirs (..., 3)) -> (sigma (...), rgb (..., 3))."""
 
-    def __init__(self, code_ch: int, hidden: int = 64, sh_dim: int = 16):
+    def __init__(self, code_ch: int, hidden: int = 64, sh_dim: int = 16,
+                 sigmoid_saturation: float = 1e-3):
         super().__init__()
         self.code_ch, self.hidden = code_ch, hidden
+        self.saturation = sigmoid_saturation
         self.base = nn.Linear(3 * code_ch, hidden)
         self.density_head = nn.Linear(hidden, 1)
         self.dir_net = nn.Linear(sh_dim, hidden)
         self.color_head = nn.Linear(hidden, 3)
+        for layer in (self.base, self.density_head, self.color_head):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
         nn.init.zeros_(self.dir_net.weight)                # colour starts view independent
         nn.init.zeros_(self.dir_net.bias)
 
@@ -94,6 +104,8 @@ class TriplaneDecoder(nn.Module):
         sigma = trunc_exp(self.density_head(F.silu(h)).squeeze(-1))     # (...)
         g = F.silu(h + self.dir_net(sh_basis(dirs.to(h.dtype))))        # (..., hidden)
         rgb = torch.sigmoid(self.color_head(g))                         # (..., 3)
+        if self.saturation:
+            rgb = rgb * (1 + 2 * self.saturation) - self.saturation
         return sigma, rgb
 
 

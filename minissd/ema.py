@@ -11,6 +11,7 @@ an average of running statistics is not what anyone wants at test time.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn as nn
@@ -21,6 +22,18 @@ def ema_copy(model: nn.Module) -> nn.Module:
     ema = copy.deepcopy(model)
     ema.requires_grad_(False)
     return ema.eval()
+
+
+def ema_beta_at(it: int, beta: float, rampup: float = 0.05) -> float:
+    """The EMA rate after `it` iterations, with the official ramp-up (mmgen's "rampup"
+    momentum policy, used by the SSDNeRF configs): the EMA's half-life, in iterations,
+    is min(H, rampup * it), where H is beta's own half-life ln 0.5 / ln beta. Early
+    weights are forgotten fast, so the EMA is not stuck near the random init;
+    rampup = 0 turns the ramp off (constant beta)."""
+    if rampup <= 0 or beta <= 0:
+        return beta
+    half_life = min(math.log(0.5) / math.log(beta), rampup * max(it, 0))
+    return 0.5 ** (1.0 / half_life) if half_life > 0 else 0.0
 
 
 @torch.no_grad()

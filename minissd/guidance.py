@@ -102,7 +102,7 @@ def guided_denoise(denoise, schedule, decoder, rays, lambda_gd: float, omega: fl
     (B may be 1 and broadcast over the batch). The returned callable records the
     rendering loss of every call in `.losses` (a list of floats, mean over the batch).
     """
-    lam = lambda_rend(c_rend, n_views)
+    lam = lambda_rend(c_rend, n_views) / n_views     # eq. (1)'s weight of a SUM over N_v views
     n_total = rays[0].shape[1]
 
     def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -38,9 +38,10 @@ from .autodecoder import backward_rendering_loss, sample_rays
 from .config import Config
 from .decoder import TriplaneDecoder
 from .diffusion import DiffusionPrior
-from .ema import ema_copy, ema_update
+from .ema import ema_beta_at, ema_copy, ema_update
 from .occupancy import OccupancyGrid
-from .triplane import CodeBank, code_activation, make_field, planes_to_image
+from .triplane import (CodeBank, code_activation, code_inverse_activation, make_field,
+                       planes_to_image)
 
 FORMAT = "minissd-train-v1"
 MAX_RAYS_PER_PASS = 2048
@@ -84,6 +85,8 @@ class Trainer:
         self.opt_prior = torch.optim.Adam(self.prior.parameters(), lr=cfg.lr_denoiser)
         self.ema_decoder, self.ema_prior = ema_copy(self.decoder), ema_copy(self.prior)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
+        # running mean of the codes: stage 1 of the baseline starts new codes from it
+        self.mean_code = torch.zeros(3, cfg.code_ch, cfg.code_res, cfg.code_res, device=self.device)
         self.it = 0
         self.log: list[dict] = []
         self.denoiser_calls = 0          # counted so tests can check the gradient cache
@@ -99,24 +102,35 @@ class Trainer:
             return "single-stage"
         return "stage1" if it < self.cfg.iters else "stage2"
 
-    def _set_lrs(self):
-        f = warmup_factor(self.it % self.cfg.iters if self.mode == "two-stage" else self.it,
-                          self.cfg.warmup)
+    @property
+    def stage_it(self) -> int:
+        """Iterations done in the current stage (two-stage restarts the count at stage 2)."""
+        return self.it - self.cfg.iters if self.phase() == "stage2" else self.it
+
+    def set_learning_rates(self) -> float:
+        """Linear warm-up of the decoder and denoiser learning rates over cfg.warmup
+        iterations of the current stage (the official configs warm up for 500). Returns
+        the factor."""
+        f = warmup_factor(self.stage_it, self.cfg.warmup)
         for g in self.opt_dec.param_groups:
             g["lr"] = self.cfg.lr_decoder * f
         for g in self.opt_prior.param_groups:
             g["lr"] = self.cfg.lr_denoiser * f
+        return f
 
-    def sample_scenes(self) -> torch.Tensor:
-        b = min(self.cfg.scenes_per_batch, self.n_scenes)
+    def sample_scenes(self, n: int | None = None) -> torch.Tensor:
+        """A random batch of distinct scenes (B_sc in Algorithm 1 line 3), (B,) long."""
+        b = min(n or self.cfg.scenes_per_batch, self.n_scenes)
         return torch.randperm(self.n_scenes, generator=self.gen, device=self.device)[:b]
 
     # ------------------------------------------------------------ the steps ------
-    def diffusion_grad(self, idx: torch.Tensor, step_denoiser: bool = True, t=None, noise=None):
+    def diffusion_grad(self, idx: torch.Tensor, step_denoiser: bool = True, t=None, noise=None,
+                       code_grad: bool = True):
         """Algorithm 1 lines 4-5: lambda_diff * L_diff on the batch's codes, a denoiser
-        step, and the gradient on the codes returned as the cached prior gradient.
+        step, and the gradient on the codes returned as the cached prior gradient
+        (None when code_grad=False: the codes are data, as in stage 2 of the baseline).
         (t, noise) default to fresh draws from the trainer's generator."""
-        code_ = self.bank.codes_[idx].detach().clone().requires_grad_(True)
+        code_ = self.bank.codes_[idx].detach().clone().requires_grad_(code_grad)
         x0 = planes_to_image(code_activation(code_))             # (B, 3C, R, R)
         lam = self.prior.lambda_diff(self.cfg.c_diff)
         loss = self.prior.loss(x0, t=t, noise=noise, generator=self.gen).mean()
@@ -126,7 +140,21 @@ class Trainer:
         if step_denoiser:
             self.opt_prior.step()                                # line 5
         self.prior.update_x0_ema(x0.detach())
-        return code_.grad.detach(), loss.item()
+        return (code_.grad.detach() if code_grad else None), loss.item()
+
+    def extra_denoiser_steps(self) -> float:
+        """cfg.diff_steps - 1 further denoiser updates in this outer iteration, each on
+        cfg.diff_batch codes drawn from ALL training scenes and treated as data (no
+        gradient reaches the codes). The laptop recipe: rendering costs ~86% of an outer
+        iteration on a CPU, so Algorithm 1's one denoiser update per outer iteration
+        starves the prior; these cheap extra updates feed it without touching line 9
+        (the codes still get exactly the one cached prior gradient of lines 4-5).
+        Returns their mean diffusion loss (nan if there are none)."""
+        losses = []
+        for _ in range(self.cfg.diff_steps - 1):
+            idx = self.sample_scenes(self.cfg.diff_batch or self.cfg.scenes_per_batch)
+            losses.append(self.diffusion_grad(idx, code_grad=False)[1])
+        return sum(losses) / len(losses) if losses else float("nan")
 
     def rendering_step(self, idx: torch.Tensor, prior_grad, step_decoder: bool):
         """Algorithm 1 lines 7-13: fresh rays, rendering gradient + cached prior gradient,
@@ -139,7 +167,8 @@ class Trainer:
         self.decoder.zero_grad(set_to_none=True)
         losses = backward_rendering_loss(self.decoder, code_, rays, self.cfg, self.n_views, idx,
                                          self.occupancy, self.gen, scale=1.0 / len(idx),
-                                         max_rays_per_pass=MAX_RAYS_PER_PASS)   # mean over scenes
+                                         max_rays_per_pass=MAX_RAYS_PER_PASS,
+                                         reg=self.code_reg)                 # mean over scenes
         g_x = code_.grad if prior_grad is None else code_.grad + prior_grad  # line 9
         self.bank.adam_step(idx, g_x, self.cfg.lr_code)                     # line 10
         if step_decoder:                                                    # lines 11-13
@@ -147,8 +176,14 @@ class Trainer:
         self.decoder.zero_grad(set_to_none=True)
         return losses.mean().item()
 
+    @property
+    def code_reg(self) -> str:
+        """The code regulariser of the rendering loss: the paper's L2 term in single-stage
+        training, the official total-variation term in stage 1 of the baseline."""
+        return "tv" if self.mode == "two-stage" else "l2"
+
     @torch.no_grad()
-    def refresh_occupancy(self, idx: torch.Tensor):
+    def refresh_batch_occupancy(self, idx: torch.Tensor):
         """Rebuild the batch's occupancy grids from the current density (once per outer
         iteration, as the official code does; cells stay occupied during warm-up)."""
         if self.it >= self.cfg.occ_warmup:
@@ -156,34 +191,80 @@ class Trainer:
             self.occupancy.refresh(field, idx, self.cfg.occ_threshold, n_jitter=1,
                                    generator=self.gen)
 
-    def outer_step(self) -> dict:
-        """One outer iteration of Algorithm 1 (or of the two-stage baseline)."""
-        self._set_lrs()
-        phase, idx = self.phase(), self.sample_scenes()                # line 3
-        k_in = self.cfg.k_in(self.it % self.cfg.iters if phase == "stage2" else self.it)
-        t0 = time.perf_counter()
-        loss_diff, g_diff = float("nan"), None
-        if phase in ("single-stage", "stage2"):
-            g_diff, loss_diff = self.diffusion_grad(idx)               # lines 4-5
-            if phase == "stage2":                                      # codes stay frozen
-                g_diff = None
-        t1 = time.perf_counter()
-        loss_rend = float("nan")
-        if phase in ("single-stage", "stage1"):
-            self.refresh_occupancy(idx)
-            for k in range(k_in):                                      # lines 6-13
-                loss_rend = self.rendering_step(idx, g_diff, step_decoder=(k == k_in - 1))
-        t2 = time.perf_counter()
-        return self.end_iteration(phase, k_in, loss_rend, loss_diff, t1 - t0, t2 - t1)
+    @torch.no_grad()
+    def init_from_mean(self, idx: torch.Tensor):
+        """Stage 1 of the baseline starts each scene's code from the running mean code
+        when the scene is first drawn (the official `init_from_mean`)."""
+        new = idx[self.bank.step[idx] == 0]
+        if len(new):
+            self.bank.codes_[new] = code_inverse_activation(self.mean_code).to(self.bank.codes_)
 
-    def end_iteration(self, phase, k_in, loss_rend, loss_diff, t_diff=0.0, t_rend=0.0) -> dict:
-        """EMA updates of psi and phi, the iteration count and one log row."""
-        ema_update(self.ema_decoder, self.decoder, self.cfg.ema_beta)
-        ema_update(self.ema_prior, self.prior, self.cfg.ema_beta)
+    @torch.no_grad()
+    def update_mean_code(self, idx: torch.Tensor, momentum: float = 1e-3):
+        """EMA of the batch-mean activated code (official `mean_ema_update`, momentum 1e-3)."""
+        self.mean_code.mul_(1 - momentum).add_(momentum * self.bank.activated(idx).mean(0))
+
+    def single_stage_step(self) -> dict:
+        """One outer iteration of Algorithm 1, line by line."""
+        idx, k_in = self.sample_scenes(), self.cfg.k_in(self.it)           # line 3
+        t0 = time.perf_counter()
+        g_diff, loss_diff = self.diffusion_grad(idx)                       # lines 4-5
+        extra = self.extra_denoiser_steps()                                # cfg.diff_steps
+        t1 = time.perf_counter()
+        self.refresh_batch_occupancy(idx)
+        t2 = time.perf_counter()
+        for k in range(k_in):                                              # lines 6-13
+            loss_rend = self.rendering_step(idx, g_diff, step_decoder=(k == k_in - 1))
+        t3 = time.perf_counter()
+        return self.end_iteration("single-stage", k_in, loss_rend, loss_diff, t1 - t0, t3 - t2,
+                                  t2 - t1, extra)
+
+    def stage1_step(self) -> dict:
+        """Two-stage baseline, stage 1: the rendering half of Algorithm 1 with no prior
+        gradient (an auto-decoder), the same K_in schedule and the TV code regulariser."""
+        idx, k_in = self.sample_scenes(), self.cfg.k_in(self.it)
+        self.init_from_mean(idx)
+        t0 = time.perf_counter()
+        self.refresh_batch_occupancy(idx)
+        t1 = time.perf_counter()
+        for k in range(k_in):
+            loss_rend = self.rendering_step(idx, None, step_decoder=(k == k_in - 1))
+        self.update_mean_code(idx)
+        t2 = time.perf_counter()
+        return self.end_iteration("stage1", k_in, loss_rend, float("nan"), 0.0, t2 - t1, t1 - t0)
+
+    def stage2_step(self) -> dict:
+        """Two-stage baseline, stage 2: codes and decoder frozen; exactly the denoiser
+        updates of a single-stage outer iteration (one on a batch, diff_steps - 1 extra)."""
+        t0 = time.perf_counter()
+        _, loss_diff = self.diffusion_grad(self.sample_scenes(), code_grad=False)
+        extra = self.extra_denoiser_steps()
+        t1 = time.perf_counter()
+        return self.end_iteration("stage2", 0, float("nan"), loss_diff, t1 - t0, 0.0, 0.0, extra)
+
+    def outer_step(self) -> dict:
+        """One outer iteration: Algorithm 1, or a step of the two-stage baseline."""
+        self.set_learning_rates()
+        phase = self.phase()
+        if phase == "single-stage":
+            return self.single_stage_step()
+        return self.stage1_step() if phase == "stage1" else self.stage2_step()
+
+    def end_iteration(self, phase, k_in, loss_rend, loss_diff, t_diff=0.0, t_rend=0.0,
+                      t_occ=0.0, loss_diff_extra=float("nan")) -> dict:
+        """EMA updates of psi and phi (with the official ramp-up), the iteration count
+        and one log row."""
+        beta = ema_beta_at(self.stage_it, self.cfg.ema_beta, self.cfg.ema_rampup)
+        if phase != "stage2":
+            ema_update(self.ema_decoder, self.decoder, beta)
+        if phase != "stage1":
+            ema_update(self.ema_prior, self.prior, beta)
         self.it += 1
         row = {"iter": self.it, "phase": phase, "k_in": k_in, "loss_rend": loss_rend,
-               "loss_diff": loss_diff, "lambda_diff": self.prior.lambda_diff(self.cfg.c_diff),
-               "t_diff": t_diff, "t_rend": t_rend}
+               "loss_diff": loss_diff, "loss_diff_extra": loss_diff_extra,
+               "lambda_diff": self.prior.lambda_diff(self.cfg.c_diff),
+               "x0_sq_ema": float(self.prior.x0_sq_ema), "ema_beta": beta,
+               "t_diff": t_diff, "t_rend": t_rend, "t_occ": t_occ}
         self.log.append(row)
         return row
 
@@ -214,7 +295,7 @@ class Trainer:
                 "opt_prior": self.opt_prior.state_dict(),
                 "ema_decoder": self.ema_decoder.state_dict(),
                 "ema_prior": self.ema_prior.state_dict(),
-                "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "mean_code": self.mean_code.cpu(), "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "log": self.log}
 
     def load_state_dict(self, sd: dict, path: str = "<checkpoint>"):
@@ -233,6 +314,7 @@ class Trainer:
         self.opt_prior.load_state_dict(sd["opt_prior"])
         self.ema_decoder.load_state_dict(sd["ema_decoder"])
         self.ema_prior.load_state_dict(sd["ema_prior"])
+        self.mean_code = sd["mean_code"].to(self.device)
         self.gen.set_state(sd["rng"])
         torch.set_rng_state(sd["torch_rng"])
         self.it, self.log = sd["iter"], list(sd["log"])

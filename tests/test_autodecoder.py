@@ -30,8 +30,12 @@ def toy_scenes(n_views=8, res=16):
 
 
 def test_lambda_rend():
-    assert abs(lambda_rend(1.0, 50) - (1 - math.exp(-5)) / 50) < 1e-12
-    assert lambda_rend(1.0, 3) > lambda_rend(1.0, 50)        # sparse views weigh more per view
+    # on a per-ray MEAN the weight is c (1 - exp(-0.1 N_v)), with no 1/N_v (eq. 1's sum has it)
+    assert abs(lambda_rend(1.0, 50) - (1 - math.exp(-5))) < 1e-12
+    assert abs(lambda_rend(40.0, 1) - 40 * (1 - math.exp(-0.1))) < 1e-12
+    assert lambda_rend(1.0, 1) < lambda_rend(1.0, 3) < lambda_rend(1.0, 50)   # fewer views, less weight
+    # the official balance: 20 x 3 x (1 - exp(-0.1 N_v)) x per-channel MSE == 40 x 0.5 x RGB sum
+    assert abs(lambda_rend(40.0, 3) * 0.5 * 3 - 20 * 3 * (1 - math.exp(-0.3))) < 1e-9
 
 
 def test_sample_rays_hit_the_right_pixels():

@@ -45,7 +45,7 @@ def test_kin1_cached_update_equals_summed_loss_update():
     init = a.bank.codes_.clone()
     a.outer_step()
     # the same iteration by hand: one backward through the summed loss (same RNG draws)
-    b._set_lrs()
+    b.set_learning_rates()
     idx = b.sample_scenes()
     code_ = b.bank.codes_[idx].clone().requires_grad_(True)
     x = code_activation(code_)
@@ -159,3 +159,69 @@ def test_single_stage_smoke_lowers_rendering_loss():
     last = sum(r["loss_rend"] for r in log[-10:]) / 10
     assert last < 0.75 * first, (first, last)
     assert all(r["loss_diff"] == r["loss_diff"] for r in log), "diffusion loss is NaN"
+
+
+def test_extra_denoiser_steps_train_phi_only_and_match_two_stage(monkeypatch):
+    """cfg.diff_steps: one Algorithm-1 denoiser pass whose gradient reaches the codes, plus
+    diff_steps - 1 denoiser-only updates; stage 2 of the baseline gets the same count."""
+    cfg = tiny_cfg(k_in_schedule=((0, 1),), diff_steps=3, diff_batch=3, iters=2)
+    tr = Trainer(cfg, tiny_data())
+    seen = []
+    orig = tr.rendering_step
+
+    def recording(idx, prior_grad, step_decoder):
+        seen.append(prior_grad.clone())
+        return orig(idx, prior_grad, step_decoder)
+    monkeypatch.setattr(tr, "rendering_step", recording)
+    steps = {"n": 0}
+    orig_opt = tr.opt_prior.step
+
+    def counting(*a, **k):
+        steps["n"] += 1
+        return orig_opt(*a, **k)
+    monkeypatch.setattr(tr.opt_prior, "step", counting)
+    g_first = {}
+    orig_grad = tr.diffusion_grad
+
+    def first_grad(idx, *a, **k):
+        out = orig_grad(idx, *a, **k)
+        g_first.setdefault(tr.it, out[0])
+        return out
+    monkeypatch.setattr(tr, "diffusion_grad", first_grad)
+    tr.outer_step()
+    assert steps["n"] == 3, "diff_steps denoiser updates per outer iteration"
+    assert torch.equal(seen[0], g_first[0]), "the codes get the first (Algorithm 1) prior gradient"
+    two = Trainer(cfg, tiny_data(), mode="two-stage")
+    n = {"n": 0}
+    orig2 = two.opt_prior.step
+    monkeypatch.setattr(two.opt_prior, "step", lambda *a, **k: (n.__setitem__("n", n["n"] + 1), orig2(*a, **k)))
+    for _ in range(2 * cfg.iters):
+        two.outer_step()
+    assert n["n"] == cfg.iters * cfg.diff_steps, "stage 2 gets the same denoiser updates"
+
+
+def test_decoder_steps_only_on_the_last_inner_step():
+    cfg = tiny_cfg(k_in_schedule=((0, 3),))
+    tr = Trainer(cfg, tiny_data())
+    idx = tr.sample_scenes()
+    before = params(tr.decoder)
+    tr.rendering_step(idx, None, step_decoder=False)
+    assert all(torch.equal(p, q) for p, q in zip(before, params(tr.decoder))), "decoder moved"
+    tr.rendering_step(idx, None, step_decoder=True)
+    assert not all(torch.equal(p, q) for p, q in zip(before, params(tr.decoder)))
+
+
+def test_two_stage_stage1_uses_tv_and_mean_init():
+    from minissd.autodecoder import tv_regulariser
+    x = torch.zeros(1, 3, 2, 4, 4)
+    assert float(tv_regulariser(x)) < 1e-6
+    x[..., 1, 1] = 1.0        # a bump in every plane: |(dx, dy)| is 1 at texels (1,0) and (0,1),
+    ref = (2 + 2 ** 0.75) / 16   # sqrt(2) at the bump itself; ^1.5, mean over the 16 texels
+    assert abs(float(tv_regulariser(x)) - ref) < 1e-5
+    cfg = tiny_cfg(iters=2)
+    tr = Trainer(cfg, tiny_data(), mode="two-stage")
+    assert tr.code_reg == "tv" and Trainer(cfg, tiny_data()).code_reg == "l2"
+    tr.mean_code.fill_(0.5)
+    idx = tr.sample_scenes()
+    tr.init_from_mean(idx)
+    torch.testing.assert_close(tr.bank.activated(idx), torch.full_like(tr.bank.activated(idx), 0.5))
