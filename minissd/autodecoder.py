@@ -101,7 +101,8 @@ def code_regulariser(x: torch.Tensor, cfg, kind: str = "l2") -> torch.Tensor:
 
 def rendering_loss(decoder, x: torch.Tensor, origins, dirs, target, cfg, n_views: int,
                    generator: torch.Generator | None = None, occupancy=None,
-                   stats: dict | None = None, reg: str = "l2") -> torch.Tensor:
+                   stats: dict | None = None, reg: str = "l2",
+                   c_rend: float | None = None) -> torch.Tensor:
     """Per-scene rendering loss (B,) of activated codes x (B, 3, C, R, R) on a RayBatch.
 
     lambda_rend * 0.5 * ||y - y_hat||^2 (sum over RGB, mean over rays) + the code
@@ -113,7 +114,8 @@ def rendering_loss(decoder, x: torch.Tensor, origins, dirs, target, cfg, n_views
                       near_min=cfg.near_min, stratified=True, generator=generator,
                       occupancy=occupancy)
     sq = (out["rgb"] - target).pow(2)                                   # (B, N, 3)
-    loss = lambda_rend(cfg.c_rend, n_views) * 0.5 * sq.sum(-1).mean(-1)
+    c = cfg.c_rend if c_rend is None else c_rend      # finetuning passes its own constant
+    loss = lambda_rend(c, n_views) * 0.5 * sq.sum(-1).mean(-1)
     loss = loss + code_regulariser(x, cfg, reg)
     if stats is not None:
         stats["mse"] = sq.detach().mean(dim=(1, 2))
@@ -150,7 +152,8 @@ def backward_rendering_loss(decoder, code_: torch.Tensor, rays: RayBatch, cfg, n
     return torch.cat(losses)
 
 
-def psnr(mse: torch.Tensor) -> torch.Tensor:
+def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) of images in [0, 1] from their mean squared error (metrics.psnr takes images)."""
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
@@ -181,7 +184,7 @@ def heldout_psnr(decoder, x: torch.Tensor, scene_data: dict, cfg, occupancy=None
     pred = render_views(decoder, x, scene_data["c2w"].to(x.device), scene_data["K"].to(x.device),
                         H, W, cfg, occupancy)
     mse = (pred.clamp(0, 1) - images).pow(2).mean(dim=(2, 3, 4))         # (B, V)
-    return psnr(mse).mean(dim=1)
+    return psnr_from_mse(mse).mean(dim=1)
 
 
 def train_autodecoder(cfg, scene_data: dict, iters: int, device="cpu", bank: CodeBank | None = None,
@@ -242,7 +245,7 @@ def train_autodecoder(cfg, scene_data: dict, iters: int, device="cpu", bank: Cod
         out_of_time = max_seconds is not None and time.time() - start > max_seconds
         if it % log_every == 0 or it == iters - 1 or out_of_time:
             rec = {"iter": it, "time": time.time() - start, "loss": float(loss.mean()),
-                   "mse": float(stats["mse"].mean()), "psnr": float(psnr(stats["mse"]).mean())}
+                   "mse": float(stats["mse"].mean()), "psnr": float(psnr_from_mse(stats["mse"]).mean())}
             if bank.occupancy is not None:
                 rec["occupied"] = float(bank.occupancy.fraction()[idx.to(bank.occupancy.grid.device)].mean())
             log.append(rec)

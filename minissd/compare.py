@@ -14,6 +14,8 @@ widgets drive (mode, views per scene, K_in).
 """
 from __future__ import annotations
 
+import copy
+import time
 from dataclasses import replace
 
 import torch
@@ -82,3 +84,42 @@ def run_experiment(mode: str, base: Config, views_per_scene: int = 0, k_in: int 
     codes, images = samples(model, n_samples, seed)
     return {"model": model, "stats": code_statistics(model.codes),
             "sample_stats": code_statistics(codes), "samples": images, "sample_codes": codes}
+
+
+def compare_gradient_caching(tr, k_in: int = 4) -> dict:
+    """What prior gradient caching saves, and what it costs, on one batch of scenes.
+
+    Runs K_in inner steps twice from the same codes: (a) the cached way (one denoiser
+    pass, its code gradient reused), (b) recomputing the diffusion gradient before every
+    inner step (K_in denoiser passes) with the same t and noise, so that the only change
+    is the codes having moved. Reports the cosine similarity between the cached gradient
+    and each fresh one, the denoiser passes and the seconds of each way.
+    Networks are not stepped and the codes are restored afterwards.
+    """
+    idx = tr.sample_scenes()
+    saved_bank = copy.deepcopy(tr.bank.state_dict())
+    saved_prior = copy.deepcopy(tr.prior.state_dict())
+    saved_dec = copy.deepcopy(tr.decoder.state_dict())
+    img_shape = (len(idx), 3 * tr.cfg.code_ch, tr.cfg.code_res, tr.cfg.code_res)
+    t = tr.prior.sample_t(len(idx), tr.device, generator=tr.gen)
+    noise = torch.randn(img_shape, generator=tr.gen, device=tr.device)
+    result = {}
+    for way in ("cached", "recomputed"):
+        tr.bank.load_state_dict(copy.deepcopy(saved_bank))
+        calls0, t0, cos = tr.denoiser_calls, time.perf_counter(), []
+        g_cached, _ = tr.diffusion_grad(idx, False, t, noise)
+        for k in range(k_in):
+            g = g_cached
+            if way == "recomputed" and k > 0:
+                g, _ = tr.diffusion_grad(idx, False, t, noise)
+                cos.append(torch.nn.functional.cosine_similarity(
+                    g.flatten(), g_cached.flatten(), dim=0).item())
+            tr.rendering_step(idx, g, step_decoder=False)
+        result[way] = {"denoiser_passes": tr.denoiser_calls - calls0,
+                       "seconds": time.perf_counter() - t0}
+        if cos:
+            result[way]["cosine_to_cached"] = cos
+    tr.bank.load_state_dict(saved_bank)
+    tr.prior.load_state_dict(saved_prior)
+    tr.decoder.load_state_dict(saved_dec)
+    return result

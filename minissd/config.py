@@ -99,6 +99,78 @@ class Config:
         return cls(**fixed)
 
 
+@dataclass(frozen=True)
+class TestConfig:
+    """Every test-time setting in one place: guided sampling (eq. 5, 6) and finetuning
+    (eq. 7). Each model file stores one (`Model.test`); the command line overrides single
+    fields (`--test-set lambda_gd=20`). It is NOT part of the training Config, so
+    calibrating test time never changes a model's key. The defaults were chosen by the
+    sweep in benchmarks/calibrate_testtime.py on a validation split (README).
+    """
+    __test__ = False               # not a pytest test class
+    # --- image-guided sampling, eq. (5, 6) (guidance.py) ---------------------------------
+    lambda_gd: float = 30.0        # guidance scale on the gradient of the per-pixel SUM of
+                                   # 0.5 ||y - y_hat||^2 over the observed views (eq. 1's weight)
+    recon_steps: int = 0           # DDIM steps to reconstruct; 0 = 1.5 x cfg.ddim_steps (paper 75/50)
+    guide_rays: int = 0            # observed rays rendered per guidance step; 0 = 4 x rays_per_scene
+    # --- finetuning, eq. (7) (finetune.py) ----------------------------------------------
+    ft_c_rend: float = 40.0        # lambda_rend = ft_c_rend (1 - exp(-0.1 N_v)) on the per-ray mean
+    ft_c_diff: float = 1.0         # lambda'_diff = ft_c_diff / EMA(mean(x0^2)) (paper: 1)
+    ft_inner: int = 4              # inner Adam steps per denoiser pass (paper: 4)
+    ft_lr_decay: float = 0.998     # lr x ft_lr_decay after every step (paper)
+    ft_lr_scale: float = 1.0       # multiplies the schedule's learning rates
+    ft_schedule: tuple = ((1, 25, 5e-3), (2, 50, 1e-2), (4, 100, 2e-2), (8, 160, 4e-2),
+                          (16, 200, 8e-2))   # (from n views, outer iterations, lr): the paper's
+    ft_rays: int = 0               # rays per finetuning step; 0 = cfg.rays_per_scene
+
+    def finetune_schedule(self, n_views: int) -> tuple[int, float]:
+        """(outer iterations, lr) for n_views input views (the largest entry <= n_views)."""
+        outer, lr = self.ft_schedule[0][1:]
+        for v, o, r in self.ft_schedule:
+            if n_views >= v:
+                outer, lr = o, r
+        return outer, lr * self.ft_lr_scale
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TestConfig":
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown test-time keys {sorted(unknown)}; valid: {sorted(names)}")
+        if isinstance(d.get("ft_schedule"), list):
+            d["ft_schedule"] = tuple(tuple(x) for x in d["ft_schedule"])
+        return cls(**d)
+
+    def with_overrides(self, pairs) -> "TestConfig":
+        """A copy with KEY=VALUE strings applied (`--test-set`), each parsed as JSON and
+        type-checked against the field's default."""
+        import json
+        kinds = {f.name: type(f.default) for f in fields(self)}
+        over = {}
+        for pair in pairs or ():
+            key, sep, raw = pair.partition("=")
+            if not sep or key not in kinds:
+                raise ValueError(f"--test-set {pair!r}: expected KEY=VALUE with KEY one of "
+                                 f"{sorted(kinds)}")
+            try:
+                val = json.loads(raw)
+            except json.JSONDecodeError:
+                raise ValueError(f"--test-set {pair!r}: {raw!r} is not a number or JSON value")
+            want = kinds[key]
+            if want is float and isinstance(val, int) and not isinstance(val, bool):
+                val = float(val)
+            if want is tuple and isinstance(val, list):
+                val = tuple(tuple(x) if isinstance(x, list) else x for x in val)
+            if not isinstance(val, want) or isinstance(val, bool):
+                raise ValueError(f"--test-set {pair!r}: {key} takes a {want.__name__}")
+            over[key] = val
+        return replace(self, **over)
+
+
 PRESETS = {
     # seconds on 2 CPU cores: tests and MINISSD_FAST notebooks
     "smoke": Config(
@@ -120,15 +192,19 @@ PRESETS = {
         unet_base=64, unet_mults=(1, 2, 2, 4, 4), unet_res_blocks=2,
         unet_attn_res=(32, 16, 8), unet_groups=32, ema_beta=0.997, iters=100_000,
         k_in_schedule=((0, 16), (2000, 4), (100_000, 2)), ckpt_every=2000),
-    # mirrors the official SRN cars configuration (REFERENCE 3-4)
+    # mirrors the official SRN cars generation configuration (ssdnerf_cars_uncond)
     "paper": Config(
         name="paper", image_res=128, data_scenes=2458, code_res=128, n_samples=256, occ_grid_res=64,
         scenes_per_batch=16, rays_per_scene=4096, lr_code=5e-3, warmup=500,
         unet_base=128, unet_mults=(1, 2, 2, 4, 4), unet_res_blocks=2,
-        unet_attn_res=(32, 16, 8), unet_groups=32, unet_dropout=0.1, ema_beta=0.997,
+        unet_attn_res=(32, 16, 8), unet_groups=32, unet_dropout=0.0, ema_beta=0.997,
         iters=1_000_000,
         k_in_schedule=((0, 16), (2000, 4), (100_000, 2)), ckpt_every=5000),
 }
+# the official reconstruction configuration: dropout 0.1 in the UNet, 80K iterations
+# (longer training overfits; the generation config above has no dropout and runs 1M)
+PRESETS["paper-recon"] = replace(PRESETS["paper"], name="paper-recon", unet_dropout=0.1,
+                                 iters=80_000)
 
 
 def get_preset(name: str, **overrides) -> Config:

@@ -40,16 +40,18 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .generate import render_views, sample_codes
-from .guidance import DEFAULT_LAMBDA_GD
-from .reconstruct import ABLATIONS, reconstruct_scene
+from .reconstruct import ABLATIONS, guided_code, reconstruct_scene, select_views
 
 PAPER_N_VIEWS = 251
+FINETUNE_SEED = 1_000_003      # finetuning's generator: seed + i + FINETUNE_SEED
 RECON_COLUMNS = ("PSNR", "SSIM", "LPIPS", "FID")
-GEN_COLUMNS = ("COV", "MMD", "FID", "KID")
+GEN_COLUMNS = ("COV", "MMD", "IMG_COV", "IMG_MMD", "IMG_PREC", "FID", "KID")
 # how a table shows each value: COV in %, MMD (squared-distance Chamfer) and KID x 1e3
 _SHOW = {"PSNR": (1, "{:.2f}"), "SSIM": (1, "{:.3f}"), "LPIPS": (1, "{:.3f}"), "FID": (1, "{:.2f}"),
-         "COV": (100, "{:.1f}"), "MMD": (1e3, "{:.3f}"), "KID": (1e3, "{:.2f}")}
-HEADERS = {"COV": "COV (%)", "MMD": "MMD (x1e3)", "KID": "KID (x1e3)"}
+         "COV": (100, "{:.1f}"), "MMD": (1e3, "{:.3f}"), "KID": (1e3, "{:.2f}"),
+         "IMG_COV": (100, "{:.1f}"), "IMG_MMD": (1, "{:.2f}"), "IMG_PREC": (1, "{:.2f}")}
+HEADERS = {"COV": "COV (%)", "MMD": "MMD (x1e3)", "KID": "KID (x1e3)",
+           "IMG_COV": "image COV (%)", "IMG_MMD": "image MMD (dB)", "IMG_PREC": "image PREC (dB)"}
 
 # The paper's numbers (seed/ssdnerf_presentation.txt; REFERENCE 6, 8). None = not reported.
 PAPER_RECON = {  # Table 2, 1-stage SSDNeRF (SSIM printed to 2 decimals there)
@@ -105,25 +107,41 @@ def _fid_kid(pred, real, kid=False):
 
 # ----------------------------------------------------------------------------- reconstruction
 def evaluate_reconstruction(model, data, input_views=(64,), finetune: str = "rend+diff",
-                            n_scenes: int | None = None, eval_every: int = 1,
-                            lambda_gd: float = DEFAULT_LAMBDA_GD, steps: int | None = None,
-                            seed: int = 0, with_fid: bool = True, progress: bool = True,
-                            label: str = "minissd", **kwargs) -> dict:
-    """Reconstruct the first n_scenes test objects from `input_views` (paper indices of
-    251) and score the other views. Returns {"PSNR", "SSIM", "LPIPS", "FID" (means or None),
-    "scenes": [per-scene dicts], ...}. Scene i uses the generator seed `seed + i`, so
-    rows that differ only in finetuning start from the same guided sample."""
+                            n_scenes: int | None = None, eval_every: int = 1, *,
+                            tcfg=None, lambda_gd: float | None = None, seed: int = 0,
+                            with_fid: bool = True, progress: bool = True,
+                            label: str = "minissd", guided: dict | None = None,
+                            scene_ids=None) -> dict:
+    """Reconstruct the first n_scenes test objects (or `scene_ids`) from `input_views`
+    (paper indices of 251) and score the other views. Returns {"PSNR", "SSIM", "LPIPS",
+    "FID" (means or None), "scenes": [per-scene dicts], ...}. Scene i uses the generator
+    seed `seed + i` for guided sampling (and seed + i + FINETUNE_SEED for finetuning). tcfg: test-time settings (default model.test; lambda_gd overrides its
+    guidance scale). `guided`: a dict that caches each scene's guided sample, so rows
+    that differ only in finetuning (A0, A2, A3) start from the same code and sample once."""
+    tcfg = tcfg or model.test
     ds = _dataset(data, model.cfg.image_res)
     n = min(len(ds), n_scenes or len(ds))
+    scene_ids = list(range(n)) if scene_ids is None else list(scene_ids)
     rows, preds, gts, per_image = [], [], [], {"PSNR": [], "SSIM": [], "LPIPS": []}
-    for i in tqdm(range(n), desc=f"evaluate {label}", disable=not progress):
+    for i in tqdm(scene_ids, desc=f"evaluate {label}", disable=not progress):
         scene = ds[i]
         V = scene["images"].shape[0]
         ids = scaled_view_ids(input_views, V)
-        gen = torch.Generator(model.codes.device).manual_seed(seed + i)
+        # the guided sample depends only on the guidance settings; finetuning draws its rays
+        # from a generator of its own, so a cached sample gives the same result as a fresh one
+        key = (id(model), i, tuple(ids), seed, lambda_gd, tcfg.lambda_gd, tcfg.recon_steps,
+               tcfg.guide_rays)
+        if guided is not None and key in guided:
+            start = guided[key]
+        else:
+            gen = torch.Generator(model.codes.device).manual_seed(seed + i)
+            start = guided_code(model, select_views(scene, ids), tcfg=tcfg, lambda_gd=lambda_gd,
+                                generator=gen)[0]
+            if guided is not None:
+                guided[key] = start
+        gen_ft = torch.Generator(model.codes.device).manual_seed(FINETUNE_SEED + seed + i)
         r = reconstruct_scene(model, scene, ids, eval_ids=eval_view_ids(V, ids, eval_every),
-                              finetune=finetune, lambda_gd=lambda_gd, steps=steps, generator=gen,
-                              **kwargs)
+                              finetune=finetune, tcfg=tcfg, generator=gen_ft, start=start)
         lp = metrics.lpips(r["preds"], r["gts"])
         vals = {"PSNR": r["psnr"].tolist(), "SSIM": r["ssim"].tolist(),
                 "LPIPS": None if lp is None else lp.tolist()}
@@ -142,12 +160,12 @@ def evaluate_reconstruction(model, data, input_views=(64,), finetune: str = "ren
 def evaluate_ablations(models: dict, data, ablations=tuple(ABLATIONS), **kwargs) -> dict:
     """The paper's test-time ablation: {"A0": result, ...}; models = {"single-stage": m1,
     "two-stage": m2} (A1 needs the two-stage model). kwargs go to evaluate_reconstruction."""
-    out = {}
+    out, guided = {}, kwargs.pop("guided", {})
     for a in ablations:
         mode, ft = ABLATIONS[a]
         if mode not in models:
             raise ValueError(f"ablation {a} needs a {mode} model (models has {sorted(models)})")
-        out[a] = evaluate_reconstruction(models[mode], data, finetune=ft,
+        out[a] = evaluate_reconstruction(models[mode], data, finetune=ft, guided=guided,
                                          label=f"{a} ({mode}, {ft})", **kwargs)
     return out
 
@@ -213,13 +231,39 @@ def calibrate_threshold(model, train_data, n_codes: int = 4, candidates=None, re
             "candidates": candidates, "curve": curve.tolist()}
 
 
+def image_coverage(fake: torch.Tensor, real: torch.Tensor) -> dict:
+    """Generation quality in IMAGE space, with no pretrained network: each object is its
+    renders at the same V cameras, fake (S, V, H, W, 3) samples, real (N, V, H, W, 3)
+    unseen test objects, and two objects are as close as the PSNR of their renders
+    (MSE over all V views). As COV / MMD for shapes (metrics.coverage_mmd):
+
+        COV       fraction of test objects that are the nearest one of some sample
+                  (diversity: samples that all look alike cover one object);
+        MMD-PSNR  mean over test objects of the PSNR of the closest sample (fidelity
+                  seen from the data: is every real car near some sample?);
+        PREC-PSNR mean over samples of the PSNR of the closest test object (fidelity
+                  seen from the samples: does every sample look like some real car?).
+    Higher is better for all three. Cars share one canonical pose in SRN-style data, so
+    the same cameras show the same side of every object."""
+    f = fake.flatten(1).float()                                         # (S, V*H*W*3)
+    r = real.flatten(1).float()                                         # (N, ...)
+    mse = torch.cdist(f, r).pow(2) / f.shape[1]                         # (S, N)
+    psnr = -10 * torch.log10(mse.clamp_min(1e-10))
+    nearest = psnr.argmax(dim=1)                                        # (S,)
+    return {"IMG_COV": len(set(nearest.tolist())) / r.shape[0],
+            "IMG_MMD": float(psnr.max(dim=0).values.mean()),
+            "IMG_PREC": float(psnr.max(dim=1).values.mean())}
+
+
 def evaluate_generation(model, data, n_samples: int = 8, threshold: float = 10.0,
                         n_scenes: int | None = None, res: int = 48, n_points: int = 1024,
                         steps: int | None = None, seed: int = 0, with_fid: bool = True,
                         fid_views: int = 4, progress: bool = True, label: str = "minissd") -> dict:
     """COV / MMD (Chamfer) of n_samples generated shapes against the true surfaces of the
-    test objects, and FID / KID of their renders against the test images (None without
-    Inception weights). Samples with an empty shell are left out (counted in n_empty)."""
+    test objects, the same in image space (`image_coverage`: renders of every sample at
+    fid_views cameras of the test spiral vs the test images at those cameras), and FID /
+    KID of the renders against the test images (None without Inception weights).
+    Samples with an empty shell are left out of COV / MMD (counted in n_empty)."""
     ds = _dataset(data, model.cfg.image_res)
     n_ref = min(len(ds), n_scenes or len(ds))
     refs = [ds.surface(i) for i in range(n_ref)]
@@ -232,17 +276,20 @@ def evaluate_generation(model, data, n_samples: int = 8, threshold: float = 10.0
            enumerate(tqdm(codes, desc="surfaces", disable=not progress))]
     full = [p for p in pts if len(p)]
     cm = metrics.coverage_mmd(full, [r[0] for r in refs]) if full else {"cov": 0.0, "mmd": None}
+    scenes = [ds[i] for i in range(n_ref)]
+    ids = np.linspace(0, len(scenes[0]["c2w"]) - 1, fid_views + 1)[:-1].round().astype(int).tolist()
+    real = torch.stack([sc["images"][ids] for sc in scenes])             # (N, V, H, W, 3)
+    sc0 = scenes[0]                                  # every sample seen from the same cameras
+    fake = torch.stack([render_views(model, c, sc0["c2w"][ids], sc0["K"][0],
+                                     res=sc0["images"].shape[1])
+                        for c in tqdm(codes, desc="renders", disable=not progress)])
+    img = image_coverage(fake, real)
     fid = kid = None
     if with_fid and metrics.inception_features(torch.zeros(1, 8, 8, 3) + 1) is not None:
-        fake, real = [], [ds[i]["images"] for i in range(n_ref)]
-        for j, c in enumerate(codes):            # each sample seen from a test object's cameras
-            sc = ds[j % n_ref]
-            ids = np.linspace(0, len(sc["c2w"]) - 1, fid_views).round().astype(int).tolist()
-            fake.append(render_views(model, c, sc["c2w"][ids], sc["K"][0], res=sc["images"].shape[1]))
-        fid, kid = _fid_kid(torch.cat(fake), torch.cat(real), kid=True)
-    return {"task": "generation", "label": label, "COV": cm["cov"], "MMD": cm["mmd"], "FID": fid,
-            "KID": kid, "threshold": threshold, "n_samples": n_samples, "n_empty": len(pts) - len(full),
-            "n_reference": n_ref}
+        fid, kid = _fid_kid(fake.flatten(0, 1), torch.cat([sc["images"] for sc in scenes]), kid=True)
+    return {"task": "generation", "label": label, "COV": cm["cov"], "MMD": cm["mmd"], **img,
+            "FID": fid, "KID": kid, "threshold": threshold, "n_samples": n_samples,
+            "n_empty": len(pts) - len(full), "n_reference": n_ref, "image_views": ids}
 
 
 # ----------------------------------------------------------------------------- tables
@@ -297,8 +344,12 @@ def add_arguments(p):
     p.add_argument("--finetune", default="rend+diff", choices=["rend+diff", "rend", "none"])
     p.add_argument("--scenes", type=int, help="only the first N test scenes")
     p.add_argument("--eval-every", type=int, default=1, help="score every k-th non-input view")
-    p.add_argument("--lambda-gd", type=float, default=DEFAULT_LAMBDA_GD)
-    p.add_argument("--steps", type=int, help="DDIM steps")
+    p.add_argument("--lambda-gd", type=float,
+                   help="guidance scale (default: the model's test-time config, lambda_gd)")
+    p.add_argument("--test-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a test-time setting of config.TestConfig, e.g. ft_c_diff=4")
+    p.add_argument("--steps", type=int, help="DDIM steps (generation: default cfg.ddim_steps; "
+                   "reconstruction: the test-time recon_steps)")
     p.add_argument("--samples", type=int, default=16, help="generation: number of samples")
     p.add_argument("--threshold", type=float, help="generation: density threshold (skips calibration)")
     p.add_argument("--train-data", help="generation: the model's training folder, to calibrate the threshold")
@@ -318,7 +369,7 @@ def run(args):
         raise SystemExit(f"--data {args.data}: no such folder")
     dev = pick_device(args.device)
     model = Model.load(args.ckpt, device=dev)
-    common = dict(n_scenes=args.scenes, seed=args.seed, steps=args.steps)
+    common = dict(n_scenes=args.scenes, seed=args.seed)
     if args.task == "generation":
         cal = None
         if args.threshold is None and args.train_data:
@@ -326,16 +377,20 @@ def run(args):
         given = args.threshold is not None
         thr = args.threshold if given else (cal["threshold"] if cal else 10.0)
         print(f"density threshold {thr:.3g} ({'given' if given else 'calibrated' if cal else 'default'})")
-        res = evaluate_generation(model, args.data, args.samples, thr, res=args.grid_res, **common)
+        res = evaluate_generation(model, args.data, args.samples, thr, res=args.grid_res,
+                                  steps=args.steps, **common)
         res["calibration"] = cal
         table = markdown_table({res["label"]: res, **PAPER_GENERATION}, GEN_COLUMNS)
     else:
+        over = list(args.test_set) + ([f"recon_steps={args.steps}"] if args.steps else [])
         kw = dict(input_views=args.input_views, eval_every=args.eval_every, lambda_gd=args.lambda_gd,
                   **common)
+        models = {model.mode: model}
+        if args.ckpt2:
+            models["two-stage"] = Model.load(args.ckpt2, device=dev)
+        for m in models.values():
+            m.test = m.test.with_overrides(over)
         if args.ablation:
-            models = {model.mode: model}
-            if args.ckpt2:
-                models["two-stage"] = Model.load(args.ckpt2, device=dev)
             if "A1" in args.ablation and "two-stage" not in models:
                 raise SystemExit("--ablation A1 needs the two-stage model: pass --ckpt2 TWO_STAGE.pt")
             res = evaluate_ablations(models, args.data, args.ablation, **kw)

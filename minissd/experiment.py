@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import checkpoint as ckpt
-from .config import Config, cache_dir, get_preset, pick_device, preset_for_notebook
+from .config import Config, TestConfig, cache_dir, get_preset, pick_device, preset_for_notebook
 from .data import SRNDataset
 from .decoder import TriplaneDecoder
 from .diffusion import DiffusionPrior
@@ -47,6 +47,7 @@ class Model:
     names: list = field(default_factory=list)
     log: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    test: TestConfig = field(default_factory=TestConfig)   # test-time settings (eq. 5-7)
 
     def field(self, x: torch.Tensor):
         """The radiance field of codes x (B, 3, C, R, R) under this model's decoder."""
@@ -73,7 +74,7 @@ class Model:
             "prior": {k: v.half() if v.is_floating_point() else v
                       for k, v in self.prior.state_dict().items()},
             "codes": self.codes.detach().cpu().half(), "names": self.names,
-            "log": self.log, "meta": self.meta})
+            "log": self.log, "meta": self.meta, "test": self.test.to_dict()})
 
     @classmethod
     def load(cls, path: str, device="cpu") -> "Model":
@@ -87,7 +88,8 @@ class Model:
         prior.load_state_dict({k: v.float() if v.is_floating_point() else v
                                for k, v in sd["prior"].items()})
         return cls(cfg, sd["mode"], _frozen(dec), _frozen(prior), sd["codes"].float(),
-                   sd["names"], sd["log"], sd["meta"]).to(device)
+                   sd["names"], sd["log"], sd["meta"],
+                   TestConfig.from_dict(sd.get("test"))).to(device)
 
 
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:
@@ -127,6 +129,16 @@ def model_key(category, mode, cfg: Config) -> str:
     return f"{category}-{mode}-{cfg.name}-{cfg.views_per_scene or 'all'}v-{cfg.iters}it-{digest}"
 
 
+def find_model(category: str, mode: str, cfg: Config) -> str | None:
+    """The file of a shipped (assets/models) or cached model for (category, mode, cfg), or None."""
+    key = model_key(category, mode, cfg)
+    for path in (os.path.join(ASSETS, "models", key + ".pt"),
+                 os.path.join(cache_dir(), "models", key + ".pt")):
+        if os.path.exists(path):
+            return path
+    return None
+
+
 def load_or_train(mode: str = "single-stage", cfg: Config | None = None, category: str = "cars",
                   device=None, progress: bool = True, retrain: bool = False) -> Model:
     """The model for (category, mode, cfg): shipped in assets/, cached, or trained now."""
@@ -136,9 +148,9 @@ def load_or_train(mode: str = "single-stage", cfg: Config | None = None, categor
     cfg = cfg or preset_for_notebook()
     key = model_key(category, mode, cfg)
     cached = os.path.join(cache_dir(), "models", key + ".pt")
-    for path in ([] if retrain else [os.path.join(ASSETS, "models", key + ".pt"), cached]):
-        if os.path.exists(path):
-            return Model.load(path, device=pick_device(device))
+    path = None if retrain else find_model(category, mode, cfg)
+    if path:
+        return Model.load(path, device=pick_device(device))
     data_dir = ensure_dataset(category, "train", n_scenes=cfg.data_scenes,
                               n_views=cfg.data_views, resolution=cfg.image_res, seed=0)
     t0 = time.time()

@@ -12,11 +12,16 @@ g_rend + g_diff. Modes:
     "rend"       rendering loss only (A2)
     "none"       no finetuning: the guided sample itself (A3)
 
-Schedules per number of input views (REFERENCE 6): Adam, lr decays by 0.998 per step,
+Schedules per number of input views (the paper's, `TestConfig.ft_schedule`): Adam, lr
+decays by 0.998 per step,
 
     views   1      2      4      8      16/32
     outer   25     50     100    160    200         (x 4 inner steps)
     lr      5e-3   1e-2   2e-2   4e-2   8e-2
+
+Every constant (the weights lambda_rend = ft_c_rend (1 - exp(-0.1 N_v)) and lambda'_diff,
+the schedule, the inner steps, the decay, the rays per step) lives in
+`config.TestConfig`, stored with each model and calibrated on a validation split.
 
 Choice: we optimise the pre-activation code_ = atanh(x / 2) (clamped just inside +-2)
 and use x = 2 tanh(code_), exactly as in training, so the code can never leave the range
@@ -29,27 +34,15 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .autodecoder import rendering_loss
+from .config import TestConfig
 from .guidance import subset_rays
 from .triplane import code_activation, code_inverse_activation, planes_to_image
 
-MODES = ("rend+diff", "rend", "none")
-# n_views (lower bound) -> (outer iterations, learning rate)
-SCHEDULES = ((1, 25, 5e-3), (2, 50, 1e-2), (4, 100, 2e-2), (8, 160, 4e-2), (16, 200, 8e-2))
-INNER = 4
-LR_DECAY = 0.998
-C_DIFF_FINETUNE = 1.0
+FINETUNE_MODES = ("rend+diff", "rend", "none")
 
 
-def schedule_for(n_views: int) -> tuple[int, float]:
-    """(outer iterations, lr) for n_views input views (the largest entry <= n_views)."""
-    outer, lr = SCHEDULES[0][1:]
-    for v, o, r in SCHEDULES:
-        if n_views >= v:
-            outer, lr = o, r
-    return outer, lr
-
-
-def prior_grad(prior, code_: torch.Tensor, c: float = C_DIFF_FINETUNE, generator=None):
+def prior_grad(prior, code_: torch.Tensor, c: float = 1.0, generator=None):
     """The cached prior gradient: grad_{code_} lambda'_diff * L_diff(2 tanh(code_)),
     one denoiser pass. code_ (B, 3, C, R, R) -> same shape, plus the loss value."""
     with torch.enable_grad():
@@ -61,36 +54,37 @@ def prior_grad(prior, code_: torch.Tensor, c: float = C_DIFF_FINETUNE, generator
 
 
 def finetune(decoder, prior, x: torch.Tensor, rays, cfg, n_views: int, mode: str = "rend+diff",
-             outer: int | None = None, inner: int = INNER, lr: float | None = None,
-             decay: float = LR_DECAY, rays_per_step: int | None = None, generator=None,
-             callback=None, progress: bool = False) -> torch.Tensor:
+             *, tcfg: TestConfig | None = None, outer: int | None = None,
+             lr: float | None = None, generator=None, callback=None,
+             progress: bool = False) -> torch.Tensor:
     """Finetune codes x (B, 3, C, R, R) (activated) on rays = (origins, dirs, target)
     (each (B or 1, N, 3)); decoder and prior are not modified. Returns the new x.
 
+    tcfg: the test-time settings (default TestConfig()); outer / lr override its schedule.
     callback(step, x, losses: dict) is called after every inner step.
     """
-    if mode not in MODES:
-        raise ValueError(f"finetune: mode must be one of {MODES}, got {mode!r}")
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"finetune: mode must be one of {FINETUNE_MODES}, got {mode!r}")
     if mode == "none":
         return x.detach().clone()
-    from .autodecoder import rendering_loss
-    d_outer, d_lr = schedule_for(n_views)
+    tcfg = tcfg or TestConfig()
+    d_outer, d_lr = tcfg.finetune_schedule(n_views)
     outer, lr = outer or d_outer, lr or d_lr
-    rays_per_step = rays_per_step or cfg.rays_per_scene
+    inner, rays_per_step = tcfg.ft_inner, tcfg.ft_rays or cfg.rays_per_scene
     B = x.shape[0]
     code_ = code_inverse_activation(x.detach()).clone().requires_grad_(True)
     opt = torch.optim.Adam([code_], lr=lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tcfg.ft_lr_decay)
     step = 0
     bar = tqdm(total=outer * inner, desc=f"finetune ({mode})", disable=not progress, leave=False)
     for _ in range(outer):
-        g_diff, l_diff = (prior_grad(prior, code_, generator=generator) if mode == "rend+diff"
+        g_diff, l_diff = (prior_grad(prior, code_, tcfg.ft_c_diff, generator) if mode == "rend+diff"
                           else (None, float("nan")))                    # once per outer
         for _ in range(inner):
             o, d, y = (r.expand(B, -1, -1) for r in subset_rays(rays, rays_per_step, generator))
             with torch.enable_grad():
                 loss = rendering_loss(decoder, code_activation(code_), o, d, y, cfg, n_views,
-                                      generator=generator)              # (B,)
+                                      generator=generator, c_rend=tcfg.ft_c_rend)   # (B,)
                 g, = torch.autograd.grad(loss.sum(), code_)
             code_.grad = g if g_diff is None else g + g_diff            # cached prior grad
             opt.step()

@@ -40,15 +40,10 @@ from .cameras import pixel_rays
 from .render import render_rays
 from .triplane import image_to_planes, make_field
 
-DEFAULT_LAMBDA_GD = 30.0     # for 32 x 32 input views (tuned on the smoke preset)
-# reconstruct.py calls guidance with c_rend = 1: the training constant cfg.c_rend only sets
-# the balance of the two training losses, and lambda_gd alone sets the guidance strength.
-
-
-def default_lambda_gd(image_res: int) -> float:
-    """DEFAULT_LAMBDA_GD rescaled to image_res: the loss sums over pixels, so the stable
-    step shrinks as 1 / pixels (30 at 32 x 32 -> 7.5 at 64 x 64)."""
-    return DEFAULT_LAMBDA_GD * (32 / image_res) ** 2
+# The default guidance scale lives in config.TestConfig.lambda_gd (one value for every
+# entry point). reconstruct.py calls guidance with c_rend = 1: the training constant
+# cfg.c_rend only sets the balance of the two training losses, and lambda_gd alone sets
+# the guidance strength.
 
 
 def views_to_rays(images: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor):
@@ -75,7 +70,7 @@ def subset_rays(rays, n: int | None, generator: torch.Generator | None = None):
     return origins[:, idx], dirs[:, idx], target[:, idx]
 
 
-def render_loss(decoder, x: torch.Tensor, rays, n_samples: int, lam: float = 1.0,
+def observed_views_loss(decoder, x: torch.Tensor, rays, n_samples: int, lam: float = 1.0,
                 near_min: float = 0.2, n_total: int | None = None) -> torch.Tensor:
     """lam * sum_rays 0.5 * ||render(x) - y||^2 per scene: x (B, 3, C, R, R) -> (B,).
 
@@ -112,7 +107,7 @@ def guided_denoise(denoise, schedule, decoder, rays, lambda_gd: float, omega: fl
             x0_hat = denoise(x_in, t)                                    # (B, 3C, R, R)
             o, d, y = subset_rays(rays, rays_per_step, generator)
             o, d, y = (r.expand(B, -1, -1) for r in (o, d, y))
-            loss = render_loss(decoder, image_to_planes(x0_hat, code_ch), (o, d, y),
+            loss = observed_views_loss(decoder, image_to_planes(x0_hat, code_ch), (o, d, y),
                                n_samples, lam, near_min, n_total)        # (B,)
             # sum over scenes: each scene's gradient is its own loss's gradient
             g, = torch.autograd.grad(loss.sum(), x_in)                   # (B, 3C, R, R)

@@ -17,9 +17,11 @@ than 104 views; otherwise (and for more views) views spread evenly over the scen
 
     python -m minissd reconstruct --ckpt MODEL.pt --data TEST_DIR --input-views 64 104 --out DIR
 
-Steps: the paper uses 75 DDIM steps to reconstruct vs 50 to generate, so the default is
-1.5 x cfg.ddim_steps. Guidance renders `rays_per_step` random observed rays per step
-(default 4 x cfg.rays_per_scene: every pixel of one view in the smoke/laptop presets).
+Every test-time setting comes from the model's `TestConfig` (`model.test`; config.py):
+the guidance scale, the DDIM steps (the paper uses 75 to reconstruct vs 50 to generate,
+so 0 means 1.5 x cfg.ddim_steps), the observed rays rendered per guidance step (0 means
+4 x cfg.rays_per_scene: every pixel of one view in the smoke/laptop presets) and the
+finetuning schedule. Pass `tcfg=` to override it for one call.
 """
 from __future__ import annotations
 
@@ -31,43 +33,66 @@ from tqdm.auto import tqdm
 
 from .finetune import finetune as finetune_codes
 from .generate import noise, render_views
-from .guidance import default_lambda_gd, guided_sample, views_to_rays
+from .config import TestConfig
+from .guidance import guided_sample, views_to_rays
 from .triplane import image_to_planes
 
 ABLATIONS = {"A0": ("single-stage", "rend+diff"), "A1": ("two-stage", "rend+diff"),
              "A2": ("single-stage", "rend"), "A3": ("single-stage", "none")}
 
 
-def default_steps(cfg) -> int:
-    return max(1, round(1.5 * cfg.ddim_steps))
+def recon_steps(cfg, tcfg: TestConfig) -> int:
+    """DDIM steps to reconstruct: tcfg.recon_steps, or 1.5 x cfg.ddim_steps (75 vs 50)."""
+    return tcfg.recon_steps or max(1, round(1.5 * cfg.ddim_steps))
 
 
-def reconstruct(model, views: dict, finetune: str = "rend+diff", lambda_gd: float | None = None,
-                steps: int | None = None, generator: torch.Generator | None = None,
-                callback=None, finetune_callback=None, rays_per_step: int | None = None,
-                finetune_kwargs: dict | None = None, progress: bool = False) -> torch.Tensor:
-    """A code (3, C, R, R) for the object seen in views = {"images": (V, H, W, 3),
-    "c2w": (V, 4, 4), "K": (V, 3, 3) or (3, 3)} (normalised coordinates).
-
-    lambda_gd: guidance scale (default: guidance.default_lambda_gd of the view size);
-    callback(i, t, x_t, x0_hat) runs after every DDIM step (trajectories);
-    finetune_callback(step, x, losses) after every finetuning step.
-    """
+def guided_code(model, views: dict, *, tcfg: TestConfig | None = None,
+                lambda_gd: float | None = None, generator: torch.Generator | None = None,
+                callback=None, progress: bool = False):
+    """Guided DDIM only (eq. 5, 6): (the code (1, 3, C, R, R) before finetuning, the
+    observed rays)."""
     cfg, dev = model.cfg, model.codes.device
-    V, H = views["images"].shape[:2]
-    lambda_gd = default_lambda_gd(H) if lambda_gd is None else lambda_gd
+    tcfg = tcfg or model.test
+    V = views["images"].shape[0]
+    lambda_gd = tcfg.lambda_gd if lambda_gd is None else lambda_gd
     rays = tuple(r.to(dev) for r in views_to_rays(views["images"].to(dev), views["c2w"].to(dev),
                                                   torch.as_tensor(views["K"]).to(dev)))
     x_T = noise(model, 1, generator)                                    # (1, 3C, R, R)
     x0 = guided_sample(model.prior, model.decoder, rays, x_T, lambda_gd,
-                       steps or default_steps(cfg), cfg.code_ch, cfg.n_samples, n_views=V,
-                       c_rend=1.0, rays_per_step=rays_per_step or 4 * cfg.rays_per_scene,
+                       recon_steps(cfg, tcfg), cfg.code_ch, cfg.n_samples, n_views=V,
+                       c_rend=1.0, rays_per_step=tcfg.guide_rays or 4 * cfg.rays_per_scene,
                        generator=generator, callback=callback, progress=progress,
                        near_min=cfg.near_min)
-    x = image_to_planes(x0, cfg.code_ch)                                # (1, 3, C, R, R)
-    x = finetune_codes(model.decoder, model.prior, x, rays, cfg, V, mode=finetune,
-                       generator=generator, callback=finetune_callback, progress=progress,
-                       **(finetune_kwargs or {}))
+    return image_to_planes(x0, cfg.code_ch), rays                       # (1, 3, C, R, R)
+
+
+def reconstruct(model, views: dict, finetune: str = "rend+diff", *,
+                tcfg: TestConfig | None = None, lambda_gd: float | None = None,
+                generator: torch.Generator | None = None, callback=None,
+                finetune_callback=None, progress: bool = False,
+                start: torch.Tensor | None = None) -> torch.Tensor:
+    """A code (3, C, R, R) for the object seen in views = {"images": (V, H, W, 3),
+    "c2w": (V, 4, 4), "K": (V, 3, 3) or (3, 3)} (normalised coordinates).
+
+    tcfg: test-time settings (default model.test); lambda_gd overrides its guidance scale;
+    callback(i, t, x_t, x0_hat) runs after every DDIM step (trajectories);
+    finetune_callback(step, x, losses) after every finetuning step. start: a guided code
+    (1, 3, C, R, R) from `guided_code` to finetune instead of sampling again (ablations
+    that differ only in finetuning share it).
+    """
+    tcfg = tcfg or model.test
+    V = views["images"].shape[0]
+    if start is None:
+        x, rays = guided_code(model, views, tcfg=tcfg, lambda_gd=lambda_gd, generator=generator,
+                              callback=callback, progress=progress)
+    else:
+        dev = model.codes.device
+        x = start.to(dev)
+        rays = tuple(r.to(dev) for r in views_to_rays(
+            views["images"].to(dev), views["c2w"].to(dev), torch.as_tensor(views["K"]).to(dev)))
+    x = finetune_codes(model.decoder, model.prior, x, rays, model.cfg, V, mode=finetune,
+                       tcfg=tcfg, generator=generator, callback=finetune_callback,
+                       progress=progress)
     return x[0]
 
 
@@ -176,8 +201,12 @@ def add_arguments(p):
     p.add_argument("--finetune", default="rend+diff", choices=["rend+diff", "rend", "none"])
     p.add_argument("--out", required=True, help="output folder (figures, metrics.json)")
     p.add_argument("--scenes", type=int, help="reconstruct only the first N scenes")
-    p.add_argument("--lambda-gd", type=float, help="guidance scale (default: 30 x (32 / H)^2)")
-    p.add_argument("--steps", type=int, help="DDIM steps (default 1.5 x cfg.ddim_steps)")
+    p.add_argument("--lambda-gd", type=float,
+                   help="guidance scale (default: the model's test-time config, lambda_gd)")
+    p.add_argument("--steps", type=int, help="DDIM steps (default: the test-time recon_steps, "
+                   "0 = 1.5 x cfg.ddim_steps)")
+    p.add_argument("--test-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a test-time setting of config.TestConfig, e.g. ft_c_diff=4")
     p.add_argument("--max-eval", type=int, help="evaluate on at most N held-out views per scene")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
@@ -191,6 +220,8 @@ def run(args):
         if not ok(path):
             raise SystemExit(f"{flag} {path}: not found")
     model = Model.load(args.ckpt, device=pick_device(args.device))
+    model.test = model.test.with_overrides(
+        list(args.test_set) + ([f"recon_steps={args.steps}"] if args.steps else []))
     ds = SRNDataset(args.data, resolution=model.cfg.image_res)
     n = min(len(ds), args.scenes or len(ds))
     os.makedirs(args.out, exist_ok=True)
@@ -203,15 +234,15 @@ def run(args):
             raise SystemExit(f"{args.data}/{scene['name']}: has {V} views, no view {bad}")
         gen = torch.Generator(model.codes.device).manual_seed(args.seed + i)
         r = reconstruct_scene(model, scene, args.input_views, max_eval=args.max_eval,
-                              finetune=args.finetune, lambda_gd=args.lambda_gd,
-                              steps=args.steps, generator=gen)
+                              finetune=args.finetune, lambda_gd=args.lambda_gd, generator=gen)
         rows.append({"scene": scene["name"], "psnr": float(r["psnr"].mean()),
                      "ssim": float(r["ssim"].mean()), "n_eval": len(r["eval_ids"])})
         save_figure(r, os.path.join(args.out, f"{scene['name']}.png"),
                     title=f"{scene['name']}: {rows[-1]['psnr']:.2f} dB ({args.finetune})")
         tqdm.write(f"{scene['name']}: PSNR {rows[-1]['psnr']:.2f} dB  SSIM {rows[-1]['ssim']:.3f}")
     summary = {"ckpt": args.ckpt, "data": args.data, "input_views": args.input_views,
-               "finetune": args.finetune, "lambda_gd": args.lambda_gd,
+               "finetune": args.finetune, "test_config": model.test.to_dict(),
+               "lambda_gd": args.lambda_gd or model.test.lambda_gd,
                "psnr": sum(r["psnr"] for r in rows) / len(rows),
                "ssim": sum(r["ssim"] for r in rows) / len(rows), "scenes": rows}
     with open(os.path.join(args.out, "metrics.json"), "w") as f:

@@ -16,13 +16,30 @@ Algorithm 1 (one outer iteration, for a batch of scenes B_sc):
 The expensive denoiser pass happens once per outer iteration; its gradient on the codes
 is re-used over K_in cheap rendering steps. K_in follows `cfg.k_in_schedule`.
 
+The laptop recipe (cfg.diff_steps, cfg.diff_batch). On a GPU at the paper's size the
+denoiser dominates an outer iteration; on a CPU at laptop size rendering takes ~86% of
+it, so one denoiser update per outer iteration leaves the prior starved (1000 updates of
+8 codes in a 12-minute run: grey, noisy samples). After lines 4-5 the denoiser therefore
+takes diff_steps - 1 further Adam steps, each on diff_batch codes drawn from ALL training
+scenes and detached (`extra_denoiser_steps`). Nothing else in Algorithm 1 changes: the
+codes still receive exactly one cached prior gradient per outer iteration, computed on
+their own batch (line 9). diff_steps = 1 is Algorithm 1 as printed (the gpu and paper
+presets); the laptop preset uses 4 updates, 3 of them on 16 codes.
+
 Two-stage baseline (`mode="two-stage"`): `iters` outer iterations of stage 1 (the same
-rendering steps with no prior gradient: a plain auto-decoder), then `iters` iterations
-of stage 2 (codes and decoder frozen and treated as data, only the denoiser trains).
-Both stages see as many updates as the single-stage run, so the comparison is fair.
+rendering steps and K_in schedule with no prior gradient: a plain auto-decoder, with the
+official stage-1 choices: codes start from the running mean code and are regularised by
+total variation^1.5 (weight cfg.stage1_tv) instead of the L2 term), then `iters`
+iterations of stage 2 (codes and decoder frozen and treated as data, only the denoiser
+trains, with exactly the diff_steps updates per iteration of the single-stage run). Both
+modes see the same rendering steps and denoiser updates, so the comparison is fair.
 
 Gradients on codes are taken w.r.t. the pre-activation `code_` (x = 2 tanh(code_)).
 Losses are averaged over the scenes of a batch for both terms, as the E_i of eq. (1-2).
+lambda_diff = c_diff / EMA(mean(x0^2)) is read before the batch updates the EMA and is
+never frozen (the official code freezes it at 100K iterations, far beyond our runs).
+The EMA of the decoder and denoiser weights ramps up as the official configs do
+(`ema.ema_beta_at`).
 """
 from __future__ import annotations
 
@@ -43,7 +60,7 @@ from .occupancy import OccupancyGrid
 from .triplane import (CodeBank, code_activation, code_inverse_activation, make_field,
                        planes_to_image)
 
-FORMAT = "minissd-train-v1"
+FORMAT = "minissd-train-v2"      # v2: mean_code (stage-1 init), EMA ramp-up
 MAX_RAYS_PER_PASS = 2048
 MODES = ("single-stage", "two-stage")
 
@@ -334,46 +351,6 @@ class Trainer:
             return False
         self.load_state_dict(ckpt.load(path, map_location=self.device), path)
         return True
-
-
-def compare_gradient_caching(tr: Trainer, k_in: int = 4) -> dict:
-    """What prior gradient caching saves, and what it costs, on one batch of scenes.
-
-    Runs K_in inner steps twice from the same codes: (a) the cached way (one denoiser
-    pass, its code gradient reused), (b) recomputing the diffusion gradient before every
-    inner step (K_in denoiser passes) with the same t and noise, so that the only change
-    is the codes having moved. Reports the cosine similarity between the cached gradient
-    and each fresh one, the denoiser passes and the seconds of each way.
-    Networks are not stepped and the codes are restored afterwards.
-    """
-    import copy
-    idx = tr.sample_scenes()
-    saved_bank = copy.deepcopy(tr.bank.state_dict())
-    saved_prior = copy.deepcopy(tr.prior.state_dict())
-    saved_dec = copy.deepcopy(tr.decoder.state_dict())
-    img_shape = (len(idx), 3 * tr.cfg.code_ch, tr.cfg.code_res, tr.cfg.code_res)
-    t = tr.prior.sample_t(len(idx), tr.device, generator=tr.gen)
-    noise = torch.randn(img_shape, generator=tr.gen, device=tr.device)
-    result = {}
-    for way in ("cached", "recomputed"):
-        tr.bank.load_state_dict(copy.deepcopy(saved_bank))
-        calls0, t0, cos = tr.denoiser_calls, time.perf_counter(), []
-        g_cached, _ = tr.diffusion_grad(idx, False, t, noise)
-        for k in range(k_in):
-            g = g_cached
-            if way == "recomputed" and k > 0:
-                g, _ = tr.diffusion_grad(idx, False, t, noise)
-                cos.append(torch.nn.functional.cosine_similarity(
-                    g.flatten(), g_cached.flatten(), dim=0).item())
-            tr.rendering_step(idx, g, step_decoder=False)
-        result[way] = {"denoiser_passes": tr.denoiser_calls - calls0,
-                       "seconds": time.perf_counter() - t0}
-        if cos:
-            result[way]["cosine_to_cached"] = cos
-    tr.bank.load_state_dict(saved_bank)
-    tr.prior.load_state_dict(saved_prior)
-    tr.decoder.load_state_dict(saved_dec)
-    return result
 
 
 def write_log(path: str, rows: list[dict]) -> None:

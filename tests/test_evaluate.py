@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from minissd import evaluate as ev
-from minissd.config import get_preset
+from minissd.config import TestConfig, get_preset
 from minissd.procedural import ensure_dataset
 
-FAST = dict(steps=2, finetune_kwargs={"outer": 2}, progress=False)   # seconds, not minutes
+# seconds, not minutes: 2 DDIM steps, 2 finetuning outer steps
+FAST = dict(tcfg=TestConfig(recon_steps=2, ft_schedule=((1, 2, 5e-3),)), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +72,11 @@ def test_markdown_table_formats_and_na():
     assert lines[0] == "| method | PSNR | SSIM | LPIPS | FID |"
     assert lines[2] == "| ours | 23.52 | 0.913 | n/a | n/a |"
     assert lines[3] == "| paper | 23.52 | 0.913 | 0.078 | 16.39 |"
-    g = ev.markdown_table({"x": {"COV": 0.5, "MMD": 0.0012, "FID": None, "KID": 3.47e-3}}, ev.GEN_COLUMNS)
-    assert g.splitlines()[0] == "| method | COV (%) | MMD (x1e3) | FID | KID (x1e3) |"
-    assert g.splitlines()[2] == "| x | 50.0 | 1.200 | n/a | 3.47 |"
+    g = ev.markdown_table({"x": {"COV": 0.5, "MMD": 0.0012, "IMG_COV": 0.25, "IMG_MMD": 17.123,
+                                 "IMG_PREC": 18.0, "FID": None, "KID": 3.47e-3}}, ev.GEN_COLUMNS)
+    assert g.splitlines()[0] == ("| method | COV (%) | MMD (x1e3) | image COV (%) | image MMD (dB) "
+                                 "| image PREC (dB) | FID | KID (x1e3) |")
+    assert g.splitlines()[2] == "| x | 50.0 | 1.200 | 25.0 | 17.12 | 18.00 | n/a | 3.47 |"
 
 
 def test_json_is_written_and_parseable(tmp_path):
@@ -134,3 +137,18 @@ def test_cli_writes_table_and_json(setup, tmp_path, capsys):
     assert math.isfinite(d["results"]["A3"]["PSNR"]) and d["table"].startswith("| method |")
     with pytest.raises(SystemExit, match="ckpt2"):
         main(["evaluate", "--ckpt", ckpt, "--data", test, "--ablation", "A1", "--json", str(out)])
+
+
+def test_image_coverage_by_hand():
+    real = torch.zeros(3, 2, 4, 4, 3)
+    real[1] += 0.5
+    real[2] += 1.0
+    same = ev.image_coverage(real.clone(), real)
+    assert same["IMG_COV"] == 1.0 and same["IMG_MMD"] == pytest.approx(100.0)
+    fake = torch.full((2, 2, 4, 4, 3), 0.1)           # both samples nearest to object 0
+    r = ev.image_coverage(fake, real)
+    assert r["IMG_COV"] == pytest.approx(1 / 3)
+    # closest sample to each object: MSE 0.01, 0.16, 0.81 -> PSNR 20, 7.96, 0.92 dB
+    expect = np.mean([-10 * math.log10(m) for m in (0.01, 0.16, 0.81)])
+    assert r["IMG_MMD"] == pytest.approx(expect, rel=1e-5)
+    assert r["IMG_PREC"] == pytest.approx(20.0, rel=1e-5)

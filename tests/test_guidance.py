@@ -5,6 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from minissd.config import TestConfig
+
 from minissd import finetune, guidance
 from minissd.cameras import intrinsics, orbit_poses
 from minissd.config import get_preset
@@ -82,7 +84,7 @@ def test_guidance_gradient_flows_through_denoiser():
     out = guided(x_t, t)
     # reference: the same gradient by a vector-Jacobian product written out by hand
     x0 = m.prior.denoise(x_t, t).requires_grad_(True)
-    loss = guidance.render_loss(m.decoder, x0.reshape(1, 3, m.cfg.code_ch, *x0.shape[-2:]),
+    loss = guidance.observed_views_loss(m.decoder, x0.reshape(1, 3, m.cfg.code_ch, *x0.shape[-2:]),
                                 rays, m.cfg.n_samples, guidance.lambda_rend(1.0, 1))
     g_x0, = torch.autograd.grad(loss.sum(), x0)
     _, vjp = torch.autograd.functional.vjp(lambda z: m.prior.denoise(z, t), x_t, g_x0)
@@ -92,11 +94,24 @@ def test_guidance_gradient_flows_through_denoiser():
 
 
 def test_finetune_schedules():
-    assert finetune.schedule_for(1) == (25, 5e-3)
-    assert finetune.schedule_for(2) == (50, 1e-2)
-    assert finetune.schedule_for(3) == (50, 1e-2)
-    assert finetune.schedule_for(8) == (160, 4e-2)
-    assert finetune.schedule_for(32) == (200, 8e-2)
+    from minissd.config import TestConfig
+    paper = TestConfig(ft_lr_scale=1.0)
+    assert paper.finetune_schedule(1) == (25, 5e-3)
+    assert paper.finetune_schedule(2) == (50, 1e-2)
+    assert paper.finetune_schedule(3) == (50, 1e-2)
+    assert paper.finetune_schedule(8) == (160, 4e-2)
+    assert paper.finetune_schedule(32) == (200, 8e-2)
+    assert TestConfig(ft_lr_scale=0.5).finetune_schedule(1) == (25, 2.5e-3)
+
+
+def test_test_config_overrides_are_type_checked():
+    from minissd.config import TestConfig
+    t = TestConfig().with_overrides(["lambda_gd=12", "ft_inner=2"])
+    assert t.lambda_gd == 12.0 and isinstance(t.lambda_gd, float) and t.ft_inner == 2
+    for bad in ("nope=1", "ft_inner=0.5", "lambda_gd", "lambda_gd=abc"):
+        with pytest.raises(ValueError, match="test-set"):
+            TestConfig().with_overrides([bad])
+    assert TestConfig.from_dict(t.to_dict()) == t
 
 
 @pytest.mark.parametrize("mode", ["rend+diff", "rend"])
@@ -116,7 +131,7 @@ def test_finetune_changes_only_the_code(mode):
     assert all(p.grad is None for p in list(m.decoder.parameters()) + list(m.prior.parameters()))
     assert x.shape == x0.shape and not torch.equal(x, x0)
     assert torch.equal(m.codes[1:2], x0)                         # input not modified in place
-    assert x.abs().max() <= 2.0 and len(losses) == 5 * finetune.INNER
+    assert x.abs().max() <= 2.0 and len(losses) == 5 * TestConfig().ft_inner
     assert math.isfinite(losses[-1])
 
 

@@ -39,7 +39,7 @@ def test_sparse_view_ids_match_paper():
 
 def test_kin1_cached_update_equals_summed_loss_update():
     """With K_in = 1, Algorithm 1 is exactly one Adam step on the gradient of eq. (4)."""
-    cfg = tiny_cfg(k_in_schedule=((0, 1),))
+    cfg = tiny_cfg(k_in_schedule=((0, 1),), diff_steps=1)      # Algorithm 1 exactly
     a, b = Trainer(cfg, tiny_data()), Trainer(cfg, tiny_data())
     assert torch.equal(a.bank.codes_, b.bank.codes_)
     init = a.bank.codes_.clone()
@@ -61,7 +61,7 @@ def test_kin1_cached_update_equals_summed_loss_update():
 
 
 def test_kin_gt1_runs_denoiser_once_and_reuses_prior_grad(monkeypatch):
-    cfg = tiny_cfg(k_in_schedule=((0, 4),))
+    cfg = tiny_cfg(k_in_schedule=((0, 4),), diff_steps=1)
     tr = Trainer(cfg, tiny_data())
     calls = {"unet": 0}
     orig = tr.prior.unet.forward
