@@ -125,7 +125,8 @@ def rendering_loss(decoder, x: torch.Tensor, origins, dirs, target, cfg, n_views
 def backward_rendering_loss(decoder, code_: torch.Tensor, rays: RayBatch, cfg, n_views: int, idx,
                             occupancy=None, generator: torch.Generator | None = None,
                             scale: float = 1.0, max_rays_per_pass: int = 2048,
-                            stats: dict | None = None, reg: str = "l2") -> torch.Tensor:
+                            stats: dict | None = None, reg: str = "l2",
+                            c_rend: float | None = None) -> torch.Tensor:
     """Backpropagate scale * sum_i rendering_loss_i for pre-activation codes code_ (B, 3, C, R, R)
     (a leaf requiring grad) of scenes idx (B,), in passes of at most max_rays_per_pass rays.
 
@@ -142,7 +143,7 @@ def backward_rendering_loss(decoder, code_: torch.Tensor, rays: RayBatch, cfg, n
         occ = occupancy[idx[sl]] if occupancy is not None else None
         loss = rendering_loss(decoder, code_activation(code_[sl]), rays.origins[sl], rays.dirs[sl],
                               rays.target[sl], cfg, n_views, generator=generator, occupancy=occ,
-                              stats=stats, reg=reg)
+                              stats=stats, reg=reg, c_rend=c_rend)
         (loss.sum() * scale).backward()
         losses.append(loss.detach())
         if stats is not None:
@@ -150,6 +151,36 @@ def backward_rendering_loss(decoder, code_: torch.Tensor, rays: RayBatch, cfg, n
     if stats is not None:
         stats["mse"] = torch.cat(mses)
     return torch.cat(losses)
+
+
+def code_step(bank: CodeBank, idx, decoder, rays: RayBatch, cfg, n_views: int, lr: float, *,
+              prior_grad: torch.Tensor | None = None, occupancy=None,
+              generator: torch.Generator | None = None, scale: float = 1.0, reg: str = "l2",
+              c_rend: float | None = None, max_rays_per_pass: int = 2048,
+              stats: dict | None = None) -> torch.Tensor:
+    """One code update, Algorithm 1 lines 7-10, for the scenes idx (B,) of `bank`:
+
+        g_x = grad_x lambda_rend L_rend(x; rays) + g_x^diff,     x <- x - Adam(g_x)
+
+    with the rendering gradient of the given fresh rays (summed over scenes, times
+    `scale`) and `prior_grad` (B, 3, C, R, R) the cached prior gradient (None: rendering
+    only). Every inner loop of minissd is this one step: auto-decoding (no prior),
+    single-stage training (Trainer.rendering_step) and test-time finetuning (eq. 7), as
+    the official code's one `inverse_code` serves training and test time. The rendering
+    gradient also accumulates into the decoder's .grad: the caller steps the decoder or
+    not. Returns the per-scene rendering losses (B,), detached.
+    """
+    code_ = bank.get(idx, decoder_device(decoder))                      # (B, 3, C, R, R) leaf
+    losses = backward_rendering_loss(decoder, code_, rays, cfg, n_views, idx, occupancy, generator,
+                                     scale=scale, max_rays_per_pass=max_rays_per_pass,
+                                     stats=stats, reg=reg, c_rend=c_rend)
+    g = code_.grad if prior_grad is None else code_.grad + prior_grad   # line 9
+    bank.adam_step(idx, g, lr)                                          # line 10
+    return losses
+
+
+def decoder_device(decoder) -> torch.device:
+    return next(decoder.parameters()).device
 
 
 def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
@@ -230,13 +261,11 @@ def train_autodecoder(cfg, scene_data: dict, iters: int, device="cpu", bank: Cod
         idx = torch.randperm(N, generator=gen)[:B].to(device)
         for g in (opt.param_groups if opt is not None else []):       # linear warm-up
             g["lr"] = cfg.lr_decoder * min(1.0, (it + 1) / max(1, cfg.warmup))
-        code_ = bank.get(idx, device)                                   # (B, 3, C, R, R) leaf
         rays = sample_rays(data, idx, cfg.rays_per_scene, gen)
         if opt is not None:
             opt.zero_grad(set_to_none=True)
-        loss = backward_rendering_loss(decoder, code_, rays, cfg, V, idx, bank.occupancy, gen,
-                                       max_rays_per_pass=max_rays_per_pass, stats=stats)
-        bank.adam_step(idx, code_.grad, cfg.lr_code)
+        loss = code_step(bank, idx, decoder, rays, cfg, V, cfg.lr_code, occupancy=bank.occupancy,
+                         generator=gen, max_rays_per_pass=max_rays_per_pass, stats=stats)
         if opt is not None:
             opt.step()
         if bank.occupancy is not None and it >= occ_warmup and it % occ_every == 0:

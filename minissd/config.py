@@ -7,7 +7,7 @@ the paper's data sizes (128x128 images, R=128 triplanes) with a lighter denoiser
 in well under a minute, and the shipped ones in assets/models/ load in milliseconds).
 
     cfg = get_preset("laptop", iters=2000)      # overrides by keyword
-    cfg = preset_for_notebook()                 # smoke under MINISSD_FAST=1, else laptop
+    cfg = preset_for_notebook()                 # smoke under MINISSD_FAST=1, else laptop/gpu
 
 A config is plain data: `asdict(cfg)` is stored in every checkpoint, and loading a
 checkpoint made with a different config raises a clear error (see checkpoint.py).
@@ -219,9 +219,15 @@ def fast_mode() -> bool:
     return os.environ.get("MINISSD_FAST", "0") not in ("", "0", "false", "False")
 
 
-def preset_for_notebook(big: str = "laptop", **overrides) -> Config:
-    """`smoke` under MINISSD_FAST=1, otherwise `big`."""
-    return get_preset("smoke" if fast_mode() else big, **overrides)
+def preset_for_notebook(big: str | None = None, **overrides) -> Config:
+    """The notebooks' preset: `smoke` under MINISSD_FAST=1; otherwise $MINISSD_PRESET if
+    set, else `big` if given, else `gpu` on a CUDA machine and `laptop` elsewhere."""
+    if fast_mode():
+        name = "smoke"
+    else:
+        name = (os.environ.get("MINISSD_PRESET") or big
+                or ("gpu" if torch.cuda.is_available() else "laptop"))
+    return get_preset(name, **overrides)
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
@@ -234,13 +240,6 @@ def pick_device(prefer: str | None = None) -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def autocast_dtype(device: torch.device):
-    """bfloat16 autocast where the device supports it well (CUDA), else None (fp32)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def cache_dir() -> str:

@@ -172,3 +172,25 @@ class DiffusionPrior(nn.Module):
     def lambda_diff(self, c: float) -> float:
         """lambda_diff = c / EMA(mean(x0^2)); c = c_diff (4 train, 1 finetune)."""
         return float(c) / max(float(self.x0_sq_ema), 1e-12)
+
+
+def prior_gradient(prior: DiffusionPrior, code_: torch.Tensor, c: float, *, generator=None,
+                   t=None, noise=None, scale: float = 1.0, code_grad: bool = True):
+    """The cached prior gradient, one denoiser pass: Algorithm 1 line 4 in training and the
+    diffusion term of finetuning (eq. 7). For pre-activation codes code_ (B, 3, C, R, R),
+
+        g = grad_{code_}  scale * sum_i lambda_diff L_diff(2 tanh(code_i)),
+        lambda_diff = c / EMA(mean(x0^2))      (c = c_diff in training, c'_diff finetuning)
+
+    Each scene's gradient is its own loss's gradient times `scale` (training averages over
+    the batch: scale = 1/B). The denoiser's parameter gradients accumulate into its .grad
+    when it requires grad (the trainer then steps it: line 5). code_grad=False treats the
+    codes as data (g is None). Returns (g, mean L_diff over the batch).
+    """
+    from .triplane import code_activation, planes_to_image
+    with torch.enable_grad():
+        code_ = code_.detach().requires_grad_(code_grad)
+        x0 = planes_to_image(code_activation(code_))                    # (B, 3C, R, R)
+        loss = prior.loss(x0, t=t, noise=noise, generator=generator)    # (B,)
+        (prior.lambda_diff(c) * scale * loss.sum()).backward()
+    return (code_.grad.detach() if code_grad else None), float(loss.detach().mean())

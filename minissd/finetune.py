@@ -34,23 +34,20 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .autodecoder import rendering_loss
+from .autodecoder import RayBatch, code_step
 from .config import TestConfig
+from .diffusion import prior_gradient
 from .guidance import subset_rays
-from .triplane import code_activation, code_inverse_activation, planes_to_image
+from .triplane import CodeBank
 
 FINETUNE_MODES = ("rend+diff", "rend", "none")
 
 
 def prior_grad(prior, code_: torch.Tensor, c: float = 1.0, generator=None):
-    """The cached prior gradient: grad_{code_} lambda'_diff * L_diff(2 tanh(code_)),
-    one denoiser pass. code_ (B, 3, C, R, R) -> same shape, plus the loss value."""
-    with torch.enable_grad():
-        code_ = code_.detach().requires_grad_(True)
-        x0 = planes_to_image(code_activation(code_))                    # (B, 3C, R, R)
-        loss = prior.loss(x0, generator=generator)                      # (B,)
-        g, = torch.autograd.grad(prior.lambda_diff(c) * loss.sum(), code_)
-    return g, float(loss.detach().mean())
+    """The cached prior gradient of eq. (7): grad_{code_} lambda'_diff * L_diff(2 tanh(code_))
+    per scene, one denoiser pass (diffusion.prior_gradient, the function training uses).
+    code_ (B, 3, C, R, R) -> same shape, plus the mean loss."""
+    return prior_gradient(prior, code_, c, generator=generator)
 
 
 def finetune(decoder, prior, x: torch.Tensor, rays, cfg, n_views: int, mode: str = "rend+diff",
@@ -72,27 +69,22 @@ def finetune(decoder, prior, x: torch.Tensor, rays, cfg, n_views: int, mode: str
     outer, lr = outer or d_outer, lr or d_lr
     inner, rays_per_step = tcfg.ft_inner, tcfg.ft_rays or cfg.rays_per_scene
     B = x.shape[0]
-    code_ = code_inverse_activation(x.detach()).clone().requires_grad_(True)
-    opt = torch.optim.Adam([code_], lr=lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tcfg.ft_lr_decay)
+    bank = CodeBank.from_codes(x)                       # the codes to finetune, each with its Adam
+    idx = torch.arange(B, device=bank.device)
     step = 0
     bar = tqdm(total=outer * inner, desc=f"finetune ({mode})", disable=not progress, leave=False)
     for _ in range(outer):
-        g_diff, l_diff = (prior_grad(prior, code_, tcfg.ft_c_diff, generator) if mode == "rend+diff"
-                          else (None, float("nan")))                    # once per outer
+        g_diff, l_diff = (prior_grad(prior, bank.get(idx), tcfg.ft_c_diff, generator)
+                          if mode == "rend+diff" else (None, float("nan")))   # once per outer
         for _ in range(inner):
             o, d, y = (r.expand(B, -1, -1) for r in subset_rays(rays, rays_per_step, generator))
-            with torch.enable_grad():
-                loss = rendering_loss(decoder, code_activation(code_), o, d, y, cfg, n_views,
-                                      generator=generator, c_rend=tcfg.ft_c_rend)   # (B,)
-                g, = torch.autograd.grad(loss.sum(), code_)
-            code_.grad = g if g_diff is None else g + g_diff            # cached prior grad
-            opt.step()
-            sched.step()
+            with torch.enable_grad():                   # eq. (7): rendering + cached prior grad
+                loss = code_step(bank, idx, decoder, RayBatch(o, d, y), cfg, n_views,
+                                 lr * tcfg.ft_lr_decay ** step, prior_grad=g_diff,
+                                 generator=generator, c_rend=tcfg.ft_c_rend)
             step += 1
             bar.update(1)
             if callback is not None:
-                callback(step, code_activation(code_.detach()),
-                         {"rend": float(loss.detach().mean()), "diff": l_diff})
+                callback(step, bank.activated(), {"rend": float(loss.mean()), "diff": l_diff})
     bar.close()
-    return code_activation(code_.detach())
+    return bank.activated().to(x.device)

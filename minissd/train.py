@@ -51,14 +51,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .autodecoder import backward_rendering_loss, sample_rays
+from .autodecoder import code_step, sample_rays
 from .config import Config
 from .decoder import TriplaneDecoder
-from .diffusion import DiffusionPrior
+from .diffusion import DiffusionPrior, prior_gradient
 from .ema import ema_beta_at, ema_copy, ema_update
 from .occupancy import OccupancyGrid
-from .triplane import (CodeBank, code_activation, code_inverse_activation, make_field,
-                       planes_to_image)
+from .triplane import CodeBank, code_activation, code_inverse_activation, make_field
 
 FORMAT = "minissd-train-v2"      # v2: mean_code (stage-1 init), EMA ramp-up
 MAX_RAYS_PER_PASS = 2048
@@ -147,17 +146,15 @@ class Trainer:
         step, and the gradient on the codes returned as the cached prior gradient
         (None when code_grad=False: the codes are data, as in stage 2 of the baseline).
         (t, noise) default to fresh draws from the trainer's generator."""
-        code_ = self.bank.codes_[idx].detach().clone().requires_grad_(code_grad)
-        x0 = planes_to_image(code_activation(code_))             # (B, 3C, R, R)
-        lam = self.prior.lambda_diff(self.cfg.c_diff)
-        loss = self.prior.loss(x0, t=t, noise=noise, generator=self.gen).mean()
         self.denoiser_calls += 1
         self.opt_prior.zero_grad(set_to_none=True)
-        (lam * loss).backward()
+        code_ = self.bank.get(idx)                                          # (B, 3, C, R, R)
+        g, loss = prior_gradient(self.prior, code_, self.cfg.c_diff, generator=self.gen, t=t,
+                                 noise=noise, scale=1.0 / len(idx), code_grad=code_grad)  # line 4
         if step_denoiser:
-            self.opt_prior.step()                                # line 5
-        self.prior.update_x0_ema(x0.detach())
-        return (code_.grad.detach() if code_grad else None), loss.item()
+            self.opt_prior.step()                                           # line 5
+        self.prior.update_x0_ema(code_activation(code_.detach()))
+        return g, loss
 
     def extra_denoiser_steps(self) -> float:
         """cfg.diff_steps - 1 further denoiser updates in this outer iteration, each on
@@ -179,15 +176,12 @@ class Trainer:
 
         The batch is rendered in passes of at most MAX_RAYS_PER_PASS rays
         (autodecoder.backward_rendering_loss): the same gradients, less memory."""
-        code_ = self.bank.codes_[idx].detach().clone().requires_grad_(True)   # (B, 3, C, R, R)
-        rays = sample_rays(self.data, idx, self.cfg.rays_per_scene, self.gen)
+        rays = sample_rays(self.data, idx, self.cfg.rays_per_scene, self.gen)   # line 7
         self.decoder.zero_grad(set_to_none=True)
-        losses = backward_rendering_loss(self.decoder, code_, rays, self.cfg, self.n_views, idx,
-                                         self.occupancy, self.gen, scale=1.0 / len(idx),
-                                         max_rays_per_pass=MAX_RAYS_PER_PASS,
-                                         reg=self.code_reg)                 # mean over scenes
-        g_x = code_.grad if prior_grad is None else code_.grad + prior_grad  # line 9
-        self.bank.adam_step(idx, g_x, self.cfg.lr_code)                     # line 10
+        losses = code_step(self.bank, idx, self.decoder, rays, self.cfg, self.n_views,
+                           self.cfg.lr_code, prior_grad=prior_grad, occupancy=self.occupancy,
+                           generator=self.gen, scale=1.0 / len(idx), reg=self.code_reg,
+                           max_rays_per_pass=MAX_RAYS_PER_PASS)     # lines 8-10, mean over scenes
         if step_decoder:                                                    # lines 11-13
             self.opt_dec.step()
         self.decoder.zero_grad(set_to_none=True)

@@ -150,15 +150,14 @@ class CodeBank:
         self.codes_[idx] -= lr * update
         self.exp_avg[idx], self.exp_avg_sq[idx], self.step[idx] = m, v, k
 
-    @torch.no_grad()
-    def set_codes(self, idx, codes_: torch.Tensor, reset_state: bool = True):
-        """Overwrite the pre-activation codes of scenes idx (e.g. with the mean code)."""
-        idx = torch.as_tensor(idx, device=self.device).long()
-        self.codes_[idx] = codes_.to(self.device, self.codes_.dtype)
-        if reset_state:
-            self.exp_avg[idx] = 0
-            self.exp_avg_sq[idx] = 0
-            self.step[idx] = 0
+    @classmethod
+    def from_codes(cls, x: torch.Tensor) -> "CodeBank":
+        """A bank holding the ACTIVATED codes x (B, 3, C, R, R) (stored as atanh(x / 2),
+        clamped just inside +-2), with fresh Adam states: what finetuning optimises."""
+        B, _, C, R, _ = x.shape
+        bank = cls(B, C, R, device=x.device)
+        bank.codes_ = code_inverse_activation(x.detach()).clone()
+        return bank
 
     def state_dict(self) -> dict:
         return {"codes_": self.codes_.cpu(), "exp_avg": self.exp_avg.cpu(),
