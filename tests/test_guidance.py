@@ -165,3 +165,45 @@ def test_guided_reconstruction_beats_unguided_sampling(smoke_model, test_scene):
         score[lam] = (float(r["psnr"][0]), float(r["psnr"][1:].mean()))   # input, novel
     assert score[None][0] > score[0.0][0] + 0.1, score        # fits the observed view
     assert score[None][1] > score[0.0][1], score               # and transfers to novel views
+
+
+def test_finetune_rend_diff_adds_exactly_the_cached_prior_gradient(monkeypatch):
+    """rend+diff = rend + the cached prior gradient of finetune.prior_grad, once per outer
+    iteration. prior_grad gets its own generator here so that both modes draw the same rays."""
+    m = tiny_model()
+    m.prior.x0_sq_ema.fill_(0.25)                                 # lambda'_diff = 1 / 0.25 = 4
+    rays = guidance.views_to_rays(**one_view(m, m.codes[0]))
+    x0 = m.codes[1:2].clone()
+    real_prior_grad, priors = finetune.prior_grad, []
+
+    def own_rng_prior_grad(prior, code_, c=finetune.C_DIFF_FINETUNE, generator=None):
+        g, l = real_prior_grad(prior, code_, c, generator=torch.Generator().manual_seed(7))
+        priors.append(g.clone())
+        return g, l
+    monkeypatch.setattr(finetune, "prior_grad", own_rng_prior_grad)
+    seen = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["params"][0].grad.clone())
+            return super().step(closure)
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+
+    out = {}
+    for mode in ("rend", "rend+diff"):
+        seen.clear()
+        out[mode] = (finetune.finetune(m.decoder, m.prior, x0, rays, m.cfg, n_views=1, mode=mode,
+                                       outer=2, inner=2, rays_per_step=64,
+                                       generator=torch.Generator().manual_seed(0)),
+                     list(seen))
+    assert len(priors) == 2                                       # once per outer iteration
+    assert not torch.allclose(out["rend"][0], out["rend+diff"][0])
+    g_rend, g_both = out["rend"][1][0], out["rend+diff"][1][0]   # first step: same code, same rays
+    assert priors[0].abs().max() > 0
+    torch.testing.assert_close(g_both - g_rend, priors[0], atol=1e-6, rtol=1e-4)
+    # the cached gradient is the gradient of lambda'_diff * L_diff(2 tanh(code_)) by autograd
+    code_ = finetune.code_inverse_activation(x0).requires_grad_(True)
+    loss = m.prior.loss(finetune.planes_to_image(finetune.code_activation(code_)),
+                        generator=torch.Generator().manual_seed(7))
+    want, = torch.autograd.grad(4.0 * loss.sum(), code_)
+    torch.testing.assert_close(priors[0], want)
