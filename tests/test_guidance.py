@@ -164,7 +164,8 @@ def test_guided_reconstruction_beats_unguided_sampling(smoke_model, test_scene):
                               lambda_gd=lam, generator=torch.Generator().manual_seed(0))
         score[lam] = (float(r["psnr"][0]), float(r["psnr"][1:].mean()))   # input, novel
     assert score[None][0] > score[0.0][0] + 0.1, score        # fits the observed view
-    assert score[None][1] > score[0.0][1], score               # and transfers to novel views
+    assert score[None][1] > score[0.0][1] + 0.2, score         # and transfers to novel views
+    # (measured on the smoke model: +4.8 dB on the input view, +0.78 dB on novel views)
 
 
 def test_finetune_rend_diff_adds_exactly_the_cached_prior_gradient(monkeypatch):
