@@ -1,4 +1,5 @@
-"""Auto-decoding many scenes with one shared decoder (REFERENCE 4-5: the rendering loss).
+"""Auto-decoding many scenes with one shared decoder: the rendering loss of eq. (1)
+(official code: lib/models/autodecoders/base_nerf.py `BaseNeRF.loss`).
 
 Every training scene i has its own code x_i (triplane.CodeBank) and all scenes share the
 decoder psi. Codes and decoder are fitted jointly by minimising, per scene,

@@ -1,6 +1,6 @@
 """Cameras: pixel rays, ray/box intersection, and orbit / spiral / sphere poses.
 
-Conventions (the SRN data's, REFERENCE 7):
+Conventions (the SRN data's, as the official lib/datasets/shapenet_srn.py reads them):
   * `c2w` is a 4x4 camera-to-world matrix in the OpenCV convention: camera x right,
     y down, z forward (the camera looks along its +z axis).
   * `K` is the 3x3 pinhole intrinsics [[f, 0, cx], [0, f, cy], [0, 0, 1]] in pixels.

@@ -1,6 +1,7 @@
 """Presets: every size and rate of a minissd run in one dataclass.
 
-The paper's numbers (REFERENCE.md sections 1-4) live in the `paper` preset; `gpu` keeps
+The paper's numbers (its implementation details and the official configs, e.g.
+configs/paper_cfgs/ssdnerf_cars_uncond.py) live in the `paper` preset; `gpu` keeps
 the paper's data sizes (128x128 images, R=128 triplanes) with a lighter denoiser;
 `laptop` is what a class trains on 2 CPU cores (64x64 images, R=32, about half an hour);
 `smoke` is what the tests and `MINISSD_FAST=1` notebooks run (32x32, R=16: a model trains
@@ -28,11 +29,11 @@ class Config:
     views_per_scene: int = 0       # 0 = every view; 3 = the paper's sparse setting
     data_scenes: int = 64          # size of the built-in procedural training set
     data_views: int = 50           # views per built-in training scene (SRN: 50)
-    # --- triplane code x_i (REFERENCE 1) ------------------------------------------
+    # --- triplane code x_i (official `code_size`, base_nerf.py `TanhCode`) ----------
     code_ch: int = 6               # C: channels per plane (paper: 6)
     code_res: int = 32             # R: plane resolution (paper: 128)
     code_reg: float = 3e-3         # L2 penalty on the code, added to the rendering loss
-    # --- decoder psi and renderer (REFERENCE 2) -----------------------------------
+    # --- decoder psi and renderer (official decoders/triplane_decoder.py) ----------
     dec_hidden: int = 64
     n_samples: int = 64            # samples per ray (uniform / stratified)
     near_min: float = 0.2
@@ -51,7 +52,7 @@ class Config:
                                    # official 20 x 3 x per-channel MSE (eq. 1, autodecoder.py)
     stage1_tv: float = 1.0         # two-stage baseline, stage 1: TV^1.5 code regulariser weight
                                    # (official stage-1 configs), instead of code_reg
-    # --- diffusion prior phi (REFERENCE 3) ------------------------------------------
+    # --- diffusion prior phi (paper eq. 2-3; official diffusions/gaussian_diffusion.py)
     T: int = 1000
     schedule: str = "linear"       # "linear" (paper) or "cosine"
     omega: float = 0.5             # w(t) = (alpha/sigma)^(2 omega)
@@ -71,7 +72,7 @@ class Config:
                                    # lines 4-5 (its code gradient is the cached prior gradient), the
                                    # other diff_steps - 1 train phi on detached codes of all scenes
     diff_batch: int = 0            # scenes per extra denoiser update (0 = scenes_per_batch)
-    # --- single-stage schedule (REFERENCE 4) ----------------------------------------
+    # --- single-stage schedule (paper Algorithm 1; official diffusion_nerf.py) -------
     iters: int = 3000
     k_in_schedule: tuple = ((0, 16), (200, 4), (2000, 2))  # (from_iter, K_in)
     ckpt_every: int = 500
@@ -192,7 +193,7 @@ PRESETS = {
         unet_base=64, unet_mults=(1, 2, 2, 4, 4), unet_res_blocks=2,
         unet_attn_res=(32, 16, 8), unet_groups=32, ema_beta=0.997, iters=100_000,
         k_in_schedule=((0, 16), (2000, 4), (100_000, 2)), ckpt_every=2000),
-    # mirrors the official SRN cars generation configuration (ssdnerf_cars_uncond)
+    # mirrors the official SRN cars generation configuration (configs/paper_cfgs/ssdnerf_cars_uncond.py)
     "paper": Config(
         name="paper", image_res=128, data_scenes=2458, code_res=128, n_samples=256, occ_grid_res=64,
         scenes_per_batch=16, rays_per_scene=4096, lr_code=5e-3, warmup=500,

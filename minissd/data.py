@@ -1,4 +1,5 @@
-"""SRN-format multi-view datasets (REFERENCE 7): reading (SRNDataset) and writing.
+"""SRN-format multi-view datasets (the format of the official loader,
+lib/datasets/shapenet_srn.py `ShapeNetSRN`): reading (SRNDataset) and writing.
 
 A dataset root holds one folder per scene (any folder with an `rgb/` inside):
 

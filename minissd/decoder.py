@@ -1,4 +1,6 @@
-"""The shared NeRF decoder psi (REFERENCE 2): triplane feature + view direction -> (sigma, c).
+"""The shared NeRF decoder psi of the paper's triplane NeRF: triplane feature + view
+direction -> (sigma, c). Official code: lib/models/decoders/triplane_decoder.py
+`TriPlaneDecoder` (`point_decode`).
 
 With h = W1 f(p) + b1 (f(p) in R^{3C} the concatenated triplane feature, eq. in triplane.py):
 
@@ -6,16 +8,18 @@ With h = W1 f(p) + b1 (f(p) in R^{3C} the concatenated triplane feature, eq. in 
     c(p, d)     = (1 + 2 s) sigmoid( W_c SiLU( h + W_d Y(d) + b_d ) + b_c ) - s     (colour)
 
 where Y(d) in R^16 are the real spherical harmonics of degree <= 3 ("degree 4", 4 bands)
-of the unit view direction, W_d starts at zero (so colour starts view independent), and
-truncexp is exp in the forward pass with the exponent clamped to +-15 in the backward pass
-(a stable gradient for very dense points). The colour's sigmoid is stretched by the
+of the unit view direction (`sh_basis`; the official `SHEncoder(degree=4)` of
+lib/ops/shencoder up to the signs of 4 components), W_d starts at zero (so colour starts
+view independent), and truncexp is exp in the forward pass with the exponent clamped to
++-15 in the backward pass (a stable gradient for very dense points). The colour's sigmoid is stretched by the
 saturation s = 0.001 (official `sigmoid_saturation`) so that pure white and black are
 reached at finite logits (the white background needs it), then clamped to [0, 1] by the
 renderer's callers. Linear layers start Xavier-uniform with zero bias, W_d at zero, as
 the official `TriPlaneDecoder.init_weights` (lib/models/decoders/triplane_decoder.py).
 There is no positional encoding: all spatial
-detail lives in the triplane. About 2.6K parameters for C = 6, hidden = 64 -- all decoders
-of all scenes are this one small MLP, conditioned only by the code.
+detail lives in the triplane. 2564 parameters for C = 6, hidden = 64 (18*64+64 base,
+64+1 density, 16*64+64 direction, 64*3+3 colour) -- all decoders of all scenes are this
+one small MLP, conditioned only by the code.
 
 Minissd follows the paper here; it is plain PyTorch (no tcnn / fused MLPs).
 """
@@ -47,8 +51,19 @@ def trunc_exp(x: torch.Tensor) -> torch.Tensor:
 def sh_basis(dirs: torch.Tensor) -> torch.Tensor:
     """Real spherical harmonics Y_lm(d), l = 0..3 (16 values), of unit directions (..., 3).
 
-    Same constants and sign convention as torch-ngp / tiny-cuda-nn's SH encoding, so that
-    integral over the sphere of Y_i Y_j = delta_ij.
+    Component i = l^2 + l + m (m = -l..l), each a real spherical harmonic
+    sqrt(2) N_lm P_l^|m|(z) {sin |m| phi (m < 0), cos m phi (m > 0)}, N_l0 P_l(z) for m = 0,
+    normalised so that the integral over the sphere of Y_i Y_j = delta_ij.
+
+    Sign convention: the same constants as torch-ngp's shencoder (which the official code
+    vendors as lib/ops/shencoder, src/shencoder.cu); bands l = 0, 1, 2 (components 0-8)
+    also have its signs, i.e. the Condon-Shortley phase (-1)^m, so odd m are negated.
+    Band l = 3 does NOT carry that phase here: components 9, 11, 13, 15 (m = -3, -1, 1, 3)
+    are the NEGATIVES of torch-ngp's (sh_basis = torch-ngp * diag(1,..,1,-1,1,-1,1,-1,1,-1)).
+    The mix is harmless, every component is still an orthonormal real SH and the flipped
+    sign is absorbed by the matching column of the learned `dir_net` weight (zero at
+    init), but those four weight columns have the opposite sign of an official decoder's.
+    It is kept as is so that trained decoders stay valid; tests/test_decoder.py pins it.
     """
     x, y, z = dirs.unbind(-1)
     x2, y2, z2 = x * x, y * y, z * z
@@ -108,7 +123,3 @@ class TriplaneDecoder(nn.Module):
             rgb = rgb * (1 + 2 * self.saturation) - self.saturation
         return sigma, rgb
 
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters (2564 for the paper's C = 6, hidden = 64 decoder)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,4 +1,6 @@
-"""Latent diffusion prior on triplane codes, v-parameterised (REFERENCE 3).
+"""Latent diffusion prior on triplane codes, v-parameterised (paper eq. 2-3; official code:
+lib/models/diffusions/gaussian_diffusion.py `GaussianDiffusion`, loss in
+lib/models/losses/ddpm_loss.py `DDPMMSELossMod`).
 
 Forward process (eq. 2 of the paper), for integer t in [0, T), larger t = more noise:
 

@@ -1,4 +1,5 @@
-"""Exponential moving average of network weights (REFERENCE 3: test time uses EMA weights).
+"""Exponential moving average of network weights (test time uses EMA weights; official
+configs: the `ExponentialMovingAverageHook` on `diffusion_ema` and `decoder_ema`).
 
     theta_ema <- beta * theta_ema + (1 - beta) * theta,      beta ~ 0.997 (paper)
 

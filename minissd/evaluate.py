@@ -1,4 +1,5 @@
-"""The paper's evaluation protocol (REFERENCE.md section 8), on any SRN-format test split.
+"""The paper's evaluation protocol (Tables 1-3), on any SRN-format test split.
+Official code: lib/models/autodecoders/base_nerf.py `eval_and_viz`, lib/core/evaluation/.
 
 Reconstruction (Table 2, ablation Table 3): each test object is reconstructed from its
 input view(s) (guided sampling eq. 5-6 + finetuning eq. 7, reconstruct.py), rendered at
@@ -53,7 +54,7 @@ _SHOW = {"PSNR": (1, "{:.2f}"), "SSIM": (1, "{:.3f}"), "LPIPS": (1, "{:.3f}"), "
 HEADERS = {"COV": "COV (%)", "MMD": "MMD (x1e3)", "KID": "KID (x1e3)",
            "IMG_COV": "image COV (%)", "IMG_MMD": "image MMD (dB)", "IMG_PREC": "image PREC (dB)"}
 
-# The paper's numbers (seed/ssdnerf_presentation.txt; REFERENCE 6, 8). None = not reported.
+# The paper's numbers (its Tables 1-3, as labelled below). None = not reported.
 PAPER_RECON = {  # Table 2, 1-stage SSDNeRF (SSIM printed to 2 decimals there)
     "paper cars 1-view": {"PSNR": 23.52, "SSIM": 0.91, "LPIPS": 0.078, "FID": 16.39},
     "paper cars 2-view": {"PSNR": 26.49, "SSIM": 0.94, "LPIPS": 0.054, "FID": 10.66},

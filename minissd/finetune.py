@@ -12,8 +12,10 @@ g_rend + g_diff. Modes:
     "rend"       rendering loss only (A2)
     "none"       no finetuning: the guided sample itself (A3)
 
-Schedules per number of input views (the paper's, `TestConfig.ft_schedule`): Adam, lr
-decays by 0.998 per step,
+Schedules per number of input views (the paper's, `TestConfig.ft_schedule`; official
+configs/paper_cfgs/ssdnerf_cars_recons1v.py and multiview_recons/ssdnerf_cars_recons{2,4,8,16,32}v.py:
+`n_inverse_steps`, the finetuning `optimizer` lr and `lr_scheduler`; the loop is
+diffusion_nerf.py `val_optim`). Adam, lr decays by 0.998 per step,
 
     views   1      2      4      8      16/32
     outer   25     50     100    160    200         (x 4 inner steps)

@@ -1,4 +1,4 @@
-"""Evaluation metrics (REFERENCE.md section 8), written out so they can be read.
+"""Evaluation metrics of the paper's tables, written out so they can be read.
 
 Images are (N, H, W, 3) or (H, W, 3) floats in [0, 1]. Predictions are clamped and
 quantised to 8 bits first, as the paper does:  q(x) = round(255 * clamp(x, 0, 1)) / 255.
@@ -6,10 +6,20 @@ quantised to 8 bits first, as the paper does:  q(x) = round(255 * clamp(x, 0, 1)
     PSNR(x, y)  = -10 log10( mean_{pixels, rgb} (q(x) - y)^2 )          (peak 1, per image)
     SSIM(x, y)  = mean_{crop, rgb} [ (2 mu_x mu_y + C1)(2 s_xy + C2) /
                                      ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2)) ]
-                  mu, s from an 11x11 Gaussian window (sigma 1.5), population covariance,
-                  C1 = (0.01)^2, C2 = (0.03)^2, border of 5 px cropped: identical to
-                  skimage structural_similarity(data_range=1, channel_axis=-1,
-                  gaussian_weights=True, sigma=1.5, use_sample_covariance=False).
+                  C1 = (0.01)^2, C2 = (0.03)^2 (data range 1), one value per channel, the
+                  three channels averaged. Two windows (`ssim(..., window=...)`):
+        "uniform"  (default, the paper's and pixelNeRF's protocol) mu, s over a 7x7 box
+                  with the SAMPLE covariance (x 49/48), border of 3 px cropped: identical
+                  to skimage structural_similarity(data_range=1, channel_axis=-1) with its
+                  defaults (win_size=7, use_sample_covariance=True). This is what the
+                  official code reports: lib/core/evaluation/metrics.py `eval_ssim_skimage`
+                  ("following pixelNeRF evaluation"), called with data_range=1 from
+                  lib/models/autodecoders/base_nerf.py.
+        "gaussian" (Wang et al. 2004) an 11x11 Gaussian window (sigma 1.5), population
+                  covariance, border of 5 px cropped: skimage with gaussian_weights=True,
+                  sigma=1.5, use_sample_covariance=False. It reads about 0.01 higher on
+                  objects on white, so it is not comparable with the paper's tables
+                  (the official code has it as `eval_ssim`, but does not report it).
     LPIPS       = lpips package, VGG trunk, inputs in [-1, 1] (needs local VGG16 weights).
     FID(a, b)   = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))     on Inception pool features
     KID(a, b)   = unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, averaged over random subsets
@@ -88,31 +98,46 @@ def _gauss_1d(sigma=1.5, truncate=3.5):
     return w / w.sum()                                                 # (11,)
 
 
-def ssim(pred, gt, quantize=True, sigma=1.5, K1=0.01, K2=0.03):
-    """Per-image SSIM (N,), scikit-image's Gaussian-window definition (data_range 1).
+SSIM_WINDOWS = ("uniform", "gaussian")
+
+
+def ssim(pred, gt, quantize=True, window="uniform", win_size=7, sigma=1.5, K1=0.01, K2=0.03):
+    """Per-image SSIM (N,) with data range 1 (see the module docstring).
+
+    window="uniform" (default): the evaluation protocol of the paper and pixelNeRF, i.e.
+    scikit-image's structural_similarity(data_range=1) defaults: a win_size x win_size box
+    (7x7), sample covariance (the N/(N-1) correction, N = 49). window="gaussian": the
+    11x11 Gaussian window (sigma 1.5) with population covariance of Wang et al.
 
     skimage filters the whole image (reflect padding) and then crops (win-1)/2 pixels on each
     side before averaging. The cropped pixels are exactly those whose window never touches
     the padding, so a 'valid' convolution gives the same numbers without any padding.
-    Measured against scikit-image 0.26.0 structural_similarity (throwaway venv, not a
-    dependency) on 16 random/noisy pairs of 64x64, 40x53, 11x11 and 128x96 images:
-    max |difference| = 2.8e-8 (float32 rounding of our float64 result).
+    tests/test_metrics.py compares both windows with scikit-image where it is installed.
     """
+    if window not in SSIM_WINDOWS:
+        raise ValueError(f"ssim: window must be one of {SSIM_WINDOWS}, got {window!r}")
     pred, gt = _pair(pred, gt, quantize)
     x = pred.double().permute(0, 3, 1, 2)                              # (N,3,H,W)
     y = gt.double().permute(0, 3, 1, 2)
-    w1 = _gauss_1d(sigma).to(x.device)
-    if x.shape[-1] < w1.numel() or x.shape[-2] < w1.numel():
-        raise ValueError(f"ssim: images {tuple(x.shape[-2:])} smaller than the {w1.numel()}px window")
-    win = (w1[:, None] * w1[None, :])[None, None].repeat(3, 1, 1, 1)  # (3,1,11,11) depthwise
+    if window == "uniform":
+        w1 = torch.full((win_size,), 1.0 / win_size, dtype=torch.float64, device=x.device)
+        n = win_size * win_size
+        cov_norm = n / (n - 1)                                         # sample covariance
+    else:
+        w1 = _gauss_1d(sigma).to(x.device)
+        cov_norm = 1.0                                                 # population covariance
+    k = w1.numel()
+    if x.shape[-1] < k or x.shape[-2] < k:
+        raise ValueError(f"ssim: images {tuple(x.shape[-2:])} smaller than the {k}px window")
+    win = (w1[:, None] * w1[None, :])[None, None].repeat(3, 1, 1, 1)  # (3,1,k,k) depthwise
 
     def filt(z):
-        return F.conv2d(z, win, groups=3)                             # (N,3,H-10,W-10)
+        return F.conv2d(z, win, groups=3)                             # (N,3,H-k+1,W-k+1)
 
     mu_x, mu_y = filt(x), filt(y)
-    var_x = filt(x * x) - mu_x ** 2                                   # population (co)variance
-    var_y = filt(y * y) - mu_y ** 2
-    cov = filt(x * y) - mu_x * mu_y
+    var_x = cov_norm * (filt(x * x) - mu_x ** 2)
+    var_y = cov_norm * (filt(y * y) - mu_y ** 2)
+    cov = cov_norm * (filt(x * y) - mu_x * mu_y)
     C1, C2 = K1 ** 2, K2 ** 2                                          # data_range = 1
     s = ((2 * mu_x * mu_y + C1) * (2 * cov + C2)) / ((mu_x ** 2 + mu_y ** 2 + C1) * (var_x + var_y + C2))
     return s.mean(dim=(1, 2, 3)).float()                              # mean over crop and RGB

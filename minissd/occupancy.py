@@ -1,4 +1,6 @@
-"""Per-scene occupancy grids for empty-space skipping (REFERENCE 2), in pure PyTorch.
+"""Per-scene occupancy grids for empty-space skipping, in pure PyTorch (the official code's
+density grid / bitfield: lib/models/autodecoders/base_nerf.py `update_extra_state`, with
+the CUDA kernels of lib/ops/raymarching).
 
 A cell of a G^3 grid over [-bound, bound]^3 is occupied when the field could put weight
 there:

@@ -6,7 +6,8 @@ An object is a random assembly of parts (raycast.Parts: boxes, cylinders, sphere
     tables = rectangular or round top + 4 legs, a pedestal or trestles (+ shelf)
 with random proportions, part counts and colours, centred and scaled to fit about
 [-0.5, 0.5]^3 with z up. Views are rendered by exact ray casting (raycast.render, never
-the NeRF renderer) and written in the SRN layout (REFERENCE 7):
+the NeRF renderer) and written in the SRN layout (what the official loader reads,
+lib/datasets/shapenet_srn.py `ShapeNetSRN`):
 
     <out>/<scene>/rgb/000000.png  pose/000000.txt  intrinsics.txt  surface.npz
 

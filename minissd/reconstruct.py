@@ -5,7 +5,7 @@
     x*  = argmin_x lambda_rend L_rend(x) + lambda'_diff L_diff(x)   from x = x0                 (7)
 
 then x* is rendered at the held-out views and compared with the ground truth (PSNR, SSIM
-on 8-bit-quantised predictions, REFERENCE 8). The paper's ablation (SRN cars, 1 view):
+on 8-bit-quantised predictions, metrics.py). The paper's ablation (Table 3, SRN cars, 1 view):
 
     A0  single-stage model, finetune rend+diff    (the paper: PSNR 23.52)
     A1  two-stage model,    finetune rend+diff    (22.83)

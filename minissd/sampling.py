@@ -12,11 +12,6 @@ spacing t_i = floor(T - 1 - i T / S), i.e. 999, 979, ..., 19 for S = 50) and s =
 eta = 0 is the deterministic DDIM the paper uses (50 steps to generate, 75 to
 reconstruct); eta = 1 is DDPM-like ancestral sampling on the sub-sequence.
 
-Optional Langevin corrector (official code, used for chairs): after a DDIM step landing
-on s, repeat `langevin_steps` times
-    x_s <- x_s - 0.5 delta sigma_s eps_hat(x_s, s) + sqrt(delta) sigma_s z,
-a Langevin step on log p(x_s) with score -eps_hat / sigma_s and step size delta sigma_s^2.
-
 Guidance (guidance.py) wraps `denoise`; it gets alpha/sigma of t from the same schedule.
 """
 from __future__ import annotations
@@ -48,18 +43,6 @@ def _clip(x0, clip):
     return x0.clamp(-clip, clip) if clip else x0
 
 
-def langevin_correct(denoise, x_t, t: int, schedule, steps: int = 1, delta: float = 0.1,
-                     generator=None, clip=2.0):
-    """`steps` Langevin corrector moves at fixed noise level t (see module docstring)."""
-    alpha, sigma = _alpha_sigma(schedule, t, x_t)
-    tt = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
-    s = sigma.reshape(-1, *([1] * (x_t.dim() - 1)))
-    for _ in range(steps):
-        eps = eps_from_x0(x_t, _clip(denoise(x_t, tt), clip), alpha, sigma)
-        x_t = x_t - 0.5 * delta * s * eps + delta ** 0.5 * s * randn_like(x_t, generator)
-    return x_t
-
-
 def ddim_step(x0_hat, x_t, t: int, s: int, schedule, eta=0.0, generator=None):
     """One DDIM update t -> s (s = -1 means the clean end) given x0_hat (eq. 12)."""
     a_t, s_t = _alpha_sigma(schedule, t, x_t)
@@ -76,18 +59,13 @@ def ddim_step(x0_hat, x_t, t: int, s: int, schedule, eta=0.0, generator=None):
 
 @torch.no_grad()
 def ddim_sample(denoise, x_T, schedule, steps: int = 50, eta: float = 0.0, generator=None,
-                clip=2.0, callback=None, langevin_steps: int = 0,
-                langevin_delta: float = 0.1, langevin_t_range=(0, None),
-                progress: bool = False):
+                clip=2.0, callback=None, progress: bool = False):
     """DDIM from x_T (B, ...) ~ N(0, I) to x0 (B, ...).
 
     denoise(x_t, t (B,) long) -> x0_hat; callback(i, t, x_t, x0_hat) after each model
-    call (trajectories); Langevin corrector runs on landing steps s with
-    langevin_t_range[0] < s < langevin_t_range[1] (None = T). The loop runs under
-    no_grad; a guidance wrapper may re-enable grad inside `denoise`."""
+    call (trajectories). The loop runs under no_grad; a guidance wrapper may re-enable
+    grad inside `denoise`."""
     ts = ddim_timesteps(schedule.T, steps).tolist()
-    lo, hi = langevin_t_range
-    hi = schedule.T if hi is None else hi
     x = x_T
     it = ts
     if progress:
@@ -100,7 +78,4 @@ def ddim_sample(denoise, x_T, schedule, steps: int = 50, eta: float = 0.0, gener
         if callback is not None:
             callback(i, t, x, x0_hat)
         x = ddim_step(x0_hat, x, t, s, schedule, eta, generator)
-        if langevin_steps > 0 and s >= 0 and lo < s < hi:
-            x = langevin_correct(denoise, x, s, schedule, langevin_steps, langevin_delta,
-                                 generator, clip)
     return x

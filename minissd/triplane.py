@@ -1,4 +1,5 @@
-"""Triplane scene codes x_i and the per-scene code bank (REFERENCE 1).
+"""Triplane scene codes x_i and the per-scene code bank (official code:
+lib/models/autodecoders/base_nerf.py `TanhCode`, `get_init_code_`; multiscene_nerf.py cache).
 
 A scene is a code x in R^{3 x C x R x R}: three axis-aligned feature planes over the box
 [-1, 1]^3. The feature of a point p = (x, y, z) is read from each plane by bilinear

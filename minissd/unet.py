@@ -1,4 +1,5 @@
-"""The denoiser phi: a 2D UNet on triplanes stacked as images (REFERENCE 3).
+"""The denoiser phi: a 2D UNet on triplanes stacked as images (official code:
+lib/models/architecture/ddpm/denoising.py `DenoisingUnetMod`).
 
     v_hat = phi(x_t, t),     x_t (B, 3C, R, R),  t (B,) integer timesteps.
 

@@ -34,6 +34,72 @@ def test_conversions_round_trip():
     assert torch.allclose(x0_from_eps(x_t, eps, a, s)[:4], x0[:4], atol=1e-3)
 
 
+def test_v_x0_eps_closed_form_signs():
+    """v = alpha eps - sigma x0 (Salimans & Ho), x0 = alpha x_t - sigma v,
+    eps = sigma x_t + alpha v. Round trips cannot see a flipped sign convention; values can."""
+    a, s = torch.tensor([0.6]), torch.tensor([0.8])
+    x0, eps = torch.tensor([[0.3]]), torch.tensor([[-1.2]])
+    x_t = q_sample(x0, eps, a, s)
+    assert x_t.item() == pytest.approx(0.6 * 0.3 + 0.8 * -1.2)              # -0.78
+    assert v_from_x0_eps(x0, eps, a, s).item() == pytest.approx(0.6 * -1.2 - 0.8 * 0.3)  # -0.96
+    assert x0_from_v(x_t, torch.tensor([[-0.96]]), a, s).item() == pytest.approx(0.3)
+    assert eps_from_v(x_t, torch.tensor([[-0.96]]), a, s).item() == pytest.approx(-1.2)
+    g = torch.Generator().manual_seed(1)
+    x0, eps, v = (torch.randn(4, 2, 3, generator=g) for _ in range(3))
+    a, s = NoiseSchedule().alpha_sigma(torch.tensor([0, 250, 600, 999]))
+    A, S = a[:, None, None], s[:, None, None]
+    torch.testing.assert_close(v_from_x0_eps(x0, eps, a, s), A * eps - S * x0)
+    torch.testing.assert_close(x0_from_v(x0, v, a, s), A * x0 - S * v)      # x0 as "x_t" here
+    torch.testing.assert_close(eps_from_v(x0, v, a, s), S * x0 + A * v)
+
+
+class _ConstantV(torch.nn.Module):
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x_t, t):
+        return self.k * x_t                        # v_hat = k x_t
+
+
+def _const_prior(k=0.3, omega=0.5):
+    from types import SimpleNamespace
+    return DiffusionPrior(SimpleNamespace(T=1000, schedule="linear", omega=omega), net=_ConstantV(k))
+
+
+def test_prior_denoise_reads_v_as_x0():
+    prior = _const_prior(k=0.3)
+    x_t, t = torch.randn(3, 5), torch.tensor([10, 500, 990])
+    a, s = prior.schedule.alpha_sigma(t)
+    want = (a[:, None] - 0.3 * s[:, None]) * x_t           # alpha x_t - sigma v_hat
+    torch.testing.assert_close(prior.denoise(x_t, t), want.clamp(-2, 2))
+
+
+def test_prior_loss_gradient_through_input_and_target_by_hand():
+    """d/dx0 of 0.5 w mean((x0_hat(x_t(x0)) - x0)^2) with v_hat = k x_t, so that
+    x0_hat = (alpha - sigma k) x_t = (alpha - sigma k)(alpha x0 + sigma eps):
+        dL/dx0 = w / D * (x0_hat - x0) * ((alpha - sigma k) alpha - 1).
+    The '- 1' is the target's share; a detached target (or input) changes it."""
+    k, omega = 0.3, 0.5
+    prior = _const_prior(k, omega)
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64).requires_grad_(True)
+    eps = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([50, 400, 800])
+    loss = prior.loss(x0, t, eps)
+    grad, = torch.autograd.grad(loss.sum(), x0)
+    a, s = (v.double()[:, None, None, None] for v in prior.schedule.alpha_sigma(t))
+    w = (a / s) ** (2 * omega)
+    D = x0[0].numel()
+    x0d = x0.detach()
+    x0_hat = (a - s * k) * (a * x0d + s * eps)
+    torch.testing.assert_close(loss.detach(), (0.5 * w * (x0_hat - x0d) ** 2).flatten(1).mean(1).flatten())
+    want = w / D * (x0_hat - x0d) * ((a - s * k) * a - 1)
+    torch.testing.assert_close(grad, want)
+    detached_target = w / D * (x0_hat - x0d) * ((a - s * k) * a)
+    assert (grad - detached_target).abs().max() > 1e-3
+
+
 def test_q_sample_statistics():
     g = torch.Generator().manual_seed(0)
     s = NoiseSchedule()
@@ -64,7 +130,8 @@ def test_prior_loss_grads_and_ema():
     unet_grads = [p.grad.abs().sum() for p in prior.unet.parameters() if p.grad is not None]
     assert len(unet_grads) == len(list(prior.unet.parameters()))
     assert sum(unet_grads) > 0
-    # same t/noise -> same loss; the grad flows through both x_t and the target
+    # same t/noise -> same loss (the gradient through x_t and the target is checked by
+    # test_prior_loss_gradient_through_input_and_target_by_hand)
     t, n = torch.tensor([500, 500]), torch.randn(2, C, R, R)
     assert torch.allclose(prior.loss(x0, t, n), prior.loss(x0, t, n))
     # x0 EMA and lambda_diff, saved in the state dict

@@ -104,7 +104,7 @@ def test_known_answer_fitted_codes_beat_random_codes(setup):
     assert fit["PSNR"] > rand["PSNR"] + 1.0 and fit["SSIM"] > rand["SSIM"]
 
 
-def test_generation_cov_in_unit_interval_and_mmd_nonnegative(setup):
+def test_generation_end_to_end_with_calibrated_threshold(setup):
     model, test, train = setup
     cal = ev.calibrate_threshold(model, train, n_codes=2, candidates=[0.1, 1.0, 10.0], res=24,
                                  n_points=256)
@@ -112,10 +112,31 @@ def test_generation_cov_in_unit_interval_and_mmd_nonnegative(setup):
     assert cal["chamfer"] == min(cal["curve"])
     r = ev.evaluate_generation(model, test, n_samples=3, threshold=cal["threshold"], res=24,
                                n_points=256, steps=2, progress=False)
-    assert 0.0 <= r["COV"] <= 1.0 and r["n_reference"] == 2
-    assert r["MMD"] is None or r["MMD"] >= 0                     # None only if every shell is empty
-    assert (r["MMD"] is None) == (r["n_empty"] == 3)
+    assert r["n_reference"] == 2 and r["n_samples"] == 3
+    assert (r["MMD"] is None) == (r["n_empty"] == 3) == (r["COV"] == 0)   # None only if every shell is empty
     assert r["FID"] is None or math.isfinite(r["FID"])
+
+
+def test_generation_cov_mmd_known_answer(monkeypatch):
+    """Stubbed samples whose shells are: reference 0 itself, reference 0 shifted, and empty.
+    Both non-empty samples have reference 0 as nearest neighbour: COV = 1/2; MMD is the
+    mean over references of the closest sample: (0 + min_g CD(g, ref 1)) / 2."""
+    from types import SimpleNamespace
+    from minissd import metrics
+    from minissd.data import SRNDataset
+    test = ensure_dataset("cars", "test", n_scenes=2, n_views=24, resolution=32, seed=0,
+                          progress=False)
+    ds = SRNDataset(test, resolution=32)
+    ref0, ref1 = ds.surface(0)[0], ds.surface(1)[0]
+    shells = [ref0, ref0 + torch.tensor([0.05, 0.0, 0.0]), torch.zeros(0, 3)]
+    model = SimpleNamespace(cfg=SimpleNamespace(image_res=32), codes=torch.zeros(3, 1))
+    monkeypatch.setattr(ev, "sample_codes", lambda m, n, steps, gen: torch.zeros(n, 1))
+    monkeypatch.setattr(ev, "surface_points", lambda m, c, thr, res, n, seed=0: shells[seed])
+    r = ev.evaluate_generation(model, test, n_samples=3, with_fid=False, progress=False)
+    assert r["n_empty"] == 1 and r["n_reference"] == 2
+    assert r["COV"] == pytest.approx(0.5)
+    d1 = min(metrics.chamfer_distance(shells[0], ref1), metrics.chamfer_distance(shells[1], ref1))
+    assert d1 > 1e-3 and r["MMD"] == pytest.approx(d1 / 2, rel=1e-6)
 
 
 def test_surface_points_of_an_empty_field_is_empty(setup):

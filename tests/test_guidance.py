@@ -179,4 +179,50 @@ def test_guided_reconstruction_beats_unguided_sampling(smoke_model, test_scene):
                               lambda_gd=lam, generator=torch.Generator().manual_seed(0))
         score[lam] = (float(r["psnr"][0]), float(r["psnr"][1:].mean()))   # input, novel
     assert score[None][0] > score[0.0][0] + 0.1, score        # fits the observed view
-    assert score[None][1] > score[0.0][1], score               # and transfers to novel views
+    assert score[None][1] > score[0.0][1] + 0.2, score         # and transfers to novel views
+    # (measured on the smoke model: +4.8 dB on the input view, +0.78 dB on novel views)
+
+
+def test_finetune_rend_diff_adds_exactly_the_cached_prior_gradient(monkeypatch):
+    """rend+diff = rend + the cached prior gradient of finetune.prior_grad, once per outer
+    iteration. prior_grad gets its own generator here so that both modes draw the same rays."""
+    m = tiny_model()
+    m.prior.x0_sq_ema.fill_(0.25)                                 # lambda'_diff = 1 / 0.25 = 4
+    rays = guidance.views_to_rays(**one_view(m, m.codes[0]))
+    x0 = m.codes[1:2].clone()
+    real_prior_grad, priors = finetune.prior_grad, []
+
+    def own_rng_prior_grad(prior, code_, c=1.0, generator=None):
+        g, l = real_prior_grad(prior, code_, c, generator=torch.Generator().manual_seed(7))
+        priors.append(g.clone())
+        return g, l
+    monkeypatch.setattr(finetune, "prior_grad", own_rng_prior_grad)
+    seen = []
+
+    from minissd.triplane import CodeBank
+    real_step = CodeBank.adam_step
+
+    def recording_step(self, idx, grad, lr):                    # the gradient each update gets
+        seen.append(grad.clone())
+        return real_step(self, idx, grad, lr)
+    monkeypatch.setattr(CodeBank, "adam_step", recording_step)
+
+    out = {}
+    for mode in ("rend", "rend+diff"):
+        seen.clear()
+        out[mode] = (finetune.finetune(m.decoder, m.prior, x0, rays, m.cfg, n_views=1, mode=mode,
+                                       tcfg=TestConfig(ft_inner=2, ft_rays=64), outer=2,
+                                       generator=torch.Generator().manual_seed(0)),
+                     list(seen))
+    assert len(priors) == 2                                       # once per outer iteration
+    assert not torch.allclose(out["rend"][0], out["rend+diff"][0])
+    g_rend, g_both = out["rend"][1][0], out["rend+diff"][1][0]   # first step: same code, same rays
+    assert priors[0].abs().max() > 0
+    torch.testing.assert_close(g_both - g_rend, priors[0], atol=1e-6, rtol=1e-4)
+    # the cached gradient is the gradient of lambda'_diff * L_diff(2 tanh(code_)) by autograd
+    from minissd.triplane import code_activation, code_inverse_activation, planes_to_image
+    code_ = code_inverse_activation(x0).requires_grad_(True)
+    loss = m.prior.loss(planes_to_image(code_activation(code_)),
+                        generator=torch.Generator().manual_seed(7))
+    want, = torch.autograd.grad(4.0 * loss.sum(), code_)
+    torch.testing.assert_close(priors[0], want)

@@ -72,7 +72,89 @@ def test_ssim_constant_images_closed_form():
 
 def test_ssim_too_small_raises():
     with pytest.raises(ValueError, match="window"):
-        M.ssim(torch.zeros(8, 8, 3), torch.zeros(8, 8, 3))
+        M.ssim(torch.zeros(6, 8, 3), torch.zeros(6, 8, 3))            # 7x7 box
+    with pytest.raises(ValueError, match="window"):
+        M.ssim(torch.zeros(8, 8, 3), torch.zeros(8, 8, 3), window="gaussian")   # 11x11
+
+
+def _box_ssim_by_hand(x, y, k=7, ddof=1, C1=0.01 ** 2, C2=0.03 ** 2):
+    """SSIM of two (H, W) arrays from plain statistics of every k x k patch (numpy)."""
+    vals = []
+    for i in range(x.shape[0] - k + 1):
+        for j in range(x.shape[1] - k + 1):
+            a, b = x[i:i + k, j:j + k].ravel(), y[i:i + k, j:j + k].ravel()
+            mx, my = a.mean(), b.mean()
+            vx, vy = a.var(ddof=ddof), b.var(ddof=ddof)
+            cxy = ((a - mx) * (b - my)).sum() / (a.size - ddof)
+            vals.append((2 * mx * my + C1) * (2 * cxy + C2) / ((mx * mx + my * my + C1) * (vx + vy + C2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_default_is_7x7_box_with_sample_covariance_by_hand():
+    """No scikit-image needed: patch statistics written out by hand (7x7, N/(N-1) = 49/48).
+    A 7x9 image has exactly 3 window positions, so a 5x5, 9x9 or 11x11 window, a Gaussian
+    window or the population covariance all give different numbers (or raise)."""
+    g = torch.Generator().manual_seed(3)
+    x = 0.7 + 0.1 * torch.rand(7, 9, 3, generator=g, dtype=torch.float64)   # low contrast:
+    y = x + 0.05 * torch.randn(7, 9, 3, generator=g, dtype=torch.float64)   # C2 matters
+    want = np.mean([_box_ssim_by_hand(x[..., c].numpy(), y[..., c].numpy()) for c in range(3)])
+    got = M.ssim(x, y, quantize=False).item()
+    assert got == pytest.approx(want, abs=1e-6)
+    # what the wrong variants would give is far outside the tolerance
+    for wrong in (dict(ddof=0), dict(k=5), dict(k=3)):
+        other = np.mean([_box_ssim_by_hand(x[..., c].numpy(), y[..., c].numpy(), **wrong)
+                         for c in range(3)])
+        assert abs(got - other) > 1e-4, wrong
+    with pytest.raises(ValueError, match="window"):
+        M.ssim(x, y, window="gaussian")                 # 7x9 is smaller than the 11x11 window
+
+
+def test_ssim_gaussian_window_single_position_by_hand():
+    """11x11 image: one window position; Gaussian weights w_ij ~ exp(-(i^2+j^2)/(2*1.5^2))."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(11, 11, 3, generator=g, dtype=torch.float64)
+    y = (0.5 * x + 0.3 * torch.rand(11, 11, 3, generator=g, dtype=torch.float64)).clamp(0, 1)
+    r = np.arange(-5, 6)
+    w = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * 1.5 ** 2))
+    w /= w.sum()
+    C1, C2, want = 0.01 ** 2, 0.03 ** 2, []
+    for c in range(3):
+        a, b = x[..., c].numpy(), y[..., c].numpy()
+        mx, my = (w * a).sum(), (w * b).sum()
+        vx, vy, cxy = (w * a * a).sum() - mx ** 2, (w * b * b).sum() - my ** 2, (w * a * b).sum() - mx * my
+        want.append((2 * mx * my + C1) * (2 * cxy + C2) / ((mx * mx + my * my + C1) * (vx + vy + C2)))
+    assert M.ssim(x, y, quantize=False, window="gaussian").item() == pytest.approx(np.mean(want), abs=1e-6)
+    assert M.ssim(x, y, quantize=False).item() != pytest.approx(np.mean(want), abs=1e-3)
+
+
+def _object_on_white(seed, h=64, w=48):
+    """A blurry coloured blob on a white background, and a noisy, shifted 'prediction'."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    mask = ((xx / 0.6) ** 2 + (yy / 0.4) ** 2 < 1).float()[..., None]
+    colour = torch.rand(3, generator=g) * 0.6 + 0.2 * torch.rand(h, w, 3, generator=g)
+    gt = mask * colour + (1 - mask)
+    pred = torch.roll(gt, shifts=1, dims=1) + 0.05 * torch.randn(h, w, 3, generator=g)
+    return pred.clamp(0, 1), gt
+
+
+@pytest.mark.parametrize("window", ["uniform", "gaussian"])
+def test_ssim_matches_scikit_image(window):
+    skm = pytest.importorskip("skimage.metrics")
+    kw = {} if window == "uniform" else dict(gaussian_weights=True, sigma=1.5,
+                                             use_sample_covariance=False)
+    pairs = [_object_on_white(s) for s in range(3)]
+    pairs += [(_img(10 + s, h=40, w=53)[0], _img(20 + s, h=40, w=53)[0]) for s in range(2)]
+    for pred, gt in pairs:
+        pq = M.quantize8(pred)
+        want = skm.structural_similarity(pq.double().numpy(), gt.double().numpy(), data_range=1,
+                                         channel_axis=-1, **kw)
+        assert M.ssim(pred, gt, window=window).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_ssim_unknown_window_raises():
+    with pytest.raises(ValueError, match="window"):
+        M.ssim(torch.zeros(16, 16, 3), torch.zeros(16, 16, 3), window="box")
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -136,7 +218,7 @@ def test_kid_near_zero_same_distribution_positive_when_shifted():
     same, _ = M.kernel_inception_distance(a, b, subsets=20, subset_size=200)
     shifted, std = M.kernel_inception_distance(a, b + 0.5, subsets=20, subset_size=200)
     assert abs(same) < 0.02
-    assert shifted > 0.1 and shifted > 10 * abs(same) and std >= 0
+    assert shifted > 0.1 and shifted > 10 * abs(same) and std > 0
 
 
 # ----------------------------------------------------------------------------- LPIPS / Inception

@@ -61,8 +61,14 @@ def test_parts_extents_and_normalize():
     kind, c, ext, size, _ = p.tensors()
     lo, hi = (c - ext).amin(0), (c + ext).amax(0)
     assert torch.allclose((lo + hi) / 2, torch.zeros(3), atol=1e-6)
-    assert abs((hi - lo).max().item() / 2 - 0.45) < 1e-5 or abs((hi - lo).norm().item() / 2 - 0.56) < 1e-5
+    # this box is long and flat: the half-diagonal cap binds (0.56), not the half side
+    assert abs((hi - lo).norm().item() / 2 - 0.56) < 1e-5 and (hi - lo).max().item() / 2 < 0.45 - 1e-3
     assert size[1, 2] == 0                                     # the axis id is not scaled
+    q = R.Parts()                                              # a compact box: the half side binds
+    q.box((1, 0, 0), (0.5, 0.1, 0.2), (1, 1, 1))
+    _, c, ext, _, _ = q.normalize(0.45).tensors()
+    lo, hi = (c - ext).amin(0), (c + ext).amax(0)
+    assert abs((hi - lo).max().item() / 2 - 0.45) < 1e-5 and (hi - lo).norm().item() / 2 < 0.56
 
 
 def test_render_deterministic_and_objects_differ():

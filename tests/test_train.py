@@ -32,7 +32,7 @@ def params(module):
 
 
 def test_sparse_view_ids_match_paper():
-    assert sparse_view_ids(50, 3) == [0, 24, 49] or sparse_view_ids(50, 3) == [0, 25, 49]
+    assert sparse_view_ids(50, 3) == [0, 24, 49]              # the paper's 3 views of 50
     assert sparse_view_ids(50, 0) == list(range(50))
     assert len(set(sparse_view_ids(50, 7))) == 7
 

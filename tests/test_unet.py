@@ -41,7 +41,7 @@ def test_param_counts():
     assert n["smoke"] < 500_000
     assert n["laptop"] < 3_000_000
     assert n["smoke"] < n["laptop"] < n["gpu"] < n["paper"]
-    assert 115e6 < n["paper"] < 130e6           # REFERENCE 3: ~122M
+    assert 115e6 < n["paper"] < 130e6           # the paper's denoiser: ~122M
 
 
 def test_gpu_preset_shape_on_meta():
