@@ -5,10 +5,12 @@
     model.decoder      # psi, EMA weights, frozen
     model.prior        # phi, EMA weights, frozen (model.prior.denoise(x_t, t) -> x0_hat)
 
-`load_or_train` looks for the model, in order, in `assets/models/` (the small pretrained
-checkpoints shipped with minissd), in the cache (`MINISSD_CACHE`, default
-~/.cache/minissd), and otherwise trains it (resumably, in the cache) and caches it. The
-command line `python -m minissd train ...` runs the same Trainer on any SRN folder.
+`load_or_train` looks for the model, in order, among the small pretrained checkpoints
+shipped with minissd (`model_dirs()`: minissd/assets/models/ inside an installed wheel,
+then the repository's assets/models/ for a checkout or an editable install), in the cache
+(`MINISSD_CACHE`, default ~/.cache/minissd), and otherwise says so once, trains it
+(resumably, in the cache) and caches it. The command line `python -m minissd train ...`
+runs the same Trainer on any SRN folder.
 
 A `Model` file holds only what test time needs (EMA networks, codes in float16, config,
 log); the training checkpoint (`checkpoint.pt` in the run folder) holds everything needed
@@ -33,7 +35,33 @@ from .train import MODES, Trainer, sparse_view_ids
 from .triplane import code_activation, make_field
 
 MODEL_FORMAT = "minissd-model-v1"
+# the repository's assets/ (a checkout or an editable install; train_assets.py writes here)
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+# where a regular install (a wheel: setup.py copies assets/models/ into it) keeps them
+PACKAGE_MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "models")
+
+
+def model_dirs() -> list[str]:
+    """Folders of shipped checkpoints, in lookup order: installed package, then repository."""
+    return [PACKAGE_MODELS, os.path.join(ASSETS, "models")]
+
+
+def _training_time_hint(mode: str, cfg: Config) -> str:
+    """'about N min' from the shipped manifests' wall times of the same preset, if any."""
+    per_iter = []
+    for d in model_dirs():
+        try:
+            with open(os.path.join(d, "manifest.json")) as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            continue
+        for m in manifest.values():
+            if m.get("preset") == cfg.name and m.get("mode") == mode and m.get("iters") and m.get("wall_s"):
+                per_iter.append(m["wall_s"] / m["iters"])
+    if not per_iter:
+        return "from minutes (smoke) to hours (gpu/paper presets), depending on the preset and device"
+    minutes = cfg.iters * sum(per_iter) / len(per_iter) / 60
+    return f"about {max(1, round(minutes))} min on a 2-core CPU (the shipped {cfg.name} models' pace)"
 
 
 @dataclass
@@ -130,10 +158,10 @@ def model_key(category, mode, cfg: Config) -> str:
 
 
 def find_model(category: str, mode: str, cfg: Config) -> str | None:
-    """The file of a shipped (assets/models) or cached model for (category, mode, cfg), or None."""
+    """The file of a shipped (model_dirs()) or cached model for (category, mode, cfg), or None."""
     key = model_key(category, mode, cfg)
-    for path in (os.path.join(ASSETS, "models", key + ".pt"),
-                 os.path.join(cache_dir(), "models", key + ".pt")):
+    for path in ([os.path.join(d, key + ".pt") for d in model_dirs()]
+                 + [os.path.join(cache_dir(), "models", key + ".pt")]):
         if os.path.exists(path):
             return path
     return None
@@ -141,7 +169,7 @@ def find_model(category: str, mode: str, cfg: Config) -> str | None:
 
 def load_or_train(mode: str = "single-stage", cfg: Config | None = None, category: str = "cars",
                   device=None, progress: bool = True, retrain: bool = False) -> Model:
-    """The model for (category, mode, cfg): shipped in assets/, cached, or trained now."""
+    """The model for (category, mode, cfg): shipped (model_dirs()), cached, or trained now."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     from .procedural import ensure_dataset
@@ -151,6 +179,15 @@ def load_or_train(mode: str = "single-stage", cfg: Config | None = None, categor
     path = None if retrain else find_model(category, mode, cfg)
     if path:
         return Model.load(path, device=pick_device(device))
+    if not retrain:
+        found = sorted({f for d in model_dirs() if os.path.isdir(d)
+                        for f in os.listdir(d) if f.endswith(".pt")})
+        print(f"[minissd] no shipped or cached model {key}.pt (looked in "
+              f"{', '.join(model_dirs())} and {os.path.dirname(cached)}; "
+              + (f"{len(found)} other shipped models there" if found else
+                 "no shipped models found at all: was minissd installed without them?")
+              + f"). Training it now, {_training_time_hint(mode, cfg)}; resumable, "
+              f"run folder {os.path.join(cache_dir(), 'runs', key)}, cached as {cached}.", flush=True)
     data_dir = ensure_dataset(category, "train", n_scenes=cfg.data_scenes,
                               n_views=cfg.data_views, resolution=cfg.image_res, seed=0)
     t0 = time.time()

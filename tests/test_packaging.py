@@ -76,3 +76,96 @@ def test_notebooks_are_numbered_and_start_with_parameters():
         code = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
         assert "parameters" in code[0].get("metadata", {}).get("tags", []), (
             f"{nb.name}: the first code cell must be tagged 'parameters'")
+
+
+# ----------------------------------------------------------------------------- the wheel
+
+def _can_build_wheel():
+    """setuptools >= 77 (SPDX licence string) with its own bdist_wheel, or the wheel package."""
+    import importlib.util
+    if importlib.util.find_spec("setuptools") is None:
+        return "setuptools is not installed"
+    import setuptools
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        return f"setuptools {setuptools.__version__} < 77"
+    if (importlib.util.find_spec("setuptools.command.bdist_wheel") is None
+            and importlib.util.find_spec("wheel") is None):
+        return "no bdist_wheel (setuptools < 70.1 and no wheel package)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """A wheel built (non-editable, no network) from a copy of the files that go into it."""
+    import shutil
+    import subprocess
+    import sys
+    why = _can_build_wheel()
+    if why:
+        pytest.skip(f"cannot build a wheel here: {why}")
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "minissd", src / "minissd",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(ROOT / "assets" / "models", src / "assets" / "models")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                           "--no-index", "-q", "-w", str(tmp / "dist"), str(src)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wheels = list((tmp / "dist").glob("minissd-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+def test_wheel_ships_models_and_license(wheel):
+    import zipfile
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = sorted(p.name for p in (ROOT / "assets" / "models").glob("*.pt"))
+    assert shipped, "assets/models has no checkpoints"
+    for f in shipped + ["manifest.json"]:
+        assert f"minissd/assets/models/{f}" in names, f"{f} is not in the wheel"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "minissd/experiment.py" in names
+
+
+def test_installed_wheel_finds_its_models(wheel, tmp_path):
+    """Unpacked as pip installs it (no repository around it), the package looks in itself first."""
+    import subprocess
+    import sys
+    import zipfile
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = ("import os, minissd.experiment as e; d = e.model_dirs()[0]; print(d); "
+            "print(sorted(f for f in os.listdir(d) if f.endswith('.pt')))")
+    env = {**__import__("os").environ, "PYTHONPATH": str(site), "MINISSD_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, listed = out.stdout.splitlines()[:2]
+    assert pathlib.Path(first).resolve() == (site / "minissd" / "assets" / "models").resolve()
+    assert eval(listed) == sorted(p.name for p in (ROOT / "assets" / "models").glob("*.pt"))
+
+
+def test_missing_model_says_so_once_before_training(tmp_path, monkeypatch, capsys):
+    """No shipped or cached model matches: one message (will train, how long, where) first."""
+    from minissd import experiment, procedural
+    from minissd.config import get_preset
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+    monkeypatch.setenv("MINISSD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(procedural, "ensure_dataset", stop)      # would make data, then train
+    cfg = get_preset("smoke", iters=7)                            # a key nothing ships
+    with pytest.raises(Stop):
+        experiment.load_or_train("single-stage", cfg, progress=False)
+    out = capsys.readouterr().out
+    key = experiment.model_key("cars", "single-stage", cfg)
+    assert out.count("[minissd] no shipped or cached model") == 1
+    assert key in out and "Training it now" in out and "min" in out
+    assert str(tmp_path / "cache") in out                         # where it caches
