@@ -19,6 +19,7 @@ COMMANDS = {
     "sample": ("minissd.generate", "sample new objects from a trained model and render turntables"),
     "reconstruct": ("minissd.reconstruct", "reconstruct objects from posed views (guided sampling + finetuning)"),
     "evaluate": ("minissd.evaluate", "reconstruction / generation metrics, ablations A0-A3"),
+    "plot": ("minissd.logs", "draw the training curves of a run folder's log.jsonl into curves.png"),
 }
 
 

@@ -40,27 +40,6 @@ def contact_sheet(data_dir: str, path: str, n_scenes: int = 16, views=(0, 1, 2, 
     return save_png(image_grid(imgs, nrow=len(views) * 4), path)
 
 
-def plot_curves(log: list[dict], path: str) -> str:
-    """Rendering and diffusion losses against the outer iteration."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(8, 3))
-    axes = fig.subplots(1, 2)
-    for ax, key, title in ((axes[0], "loss_rend", "rendering loss (eq. 1)"),
-                           (axes[1], "loss_diff", "diffusion loss (eq. 2)")):
-        it = [r["iter"] for r in log if r[key] == r[key]]
-        val = np.array([r[key] for r in log if r[key] == r[key]])
-        ax.plot(it, val, alpha=0.3, lw=0.8)
-        if len(val) > 20:
-            k = max(5, len(val) // 30)
-            ax.plot(it[k - 1:], np.convolve(val, np.ones(k) / k, mode="valid"), lw=1.5)
-        ax.set_yscale("log")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("outer iteration")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
-
-
 def add_arguments(p):
     p.add_argument("--out", default="quickstart", help="output folder (default: ./quickstart)")
     p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"])
@@ -76,6 +55,7 @@ def run(args):
     from .procedural import ensure_dataset
     from .reconstruct import reconstruct_scene, save_figure
     from .data import SRNDataset
+    from .viz import plot_training_curves
 
     t_start = time.time()
     out = os.path.abspath(args.out)
@@ -93,7 +73,7 @@ def run(args):
     tr = train_run(cfg, train_dir, "single-stage", os.path.join(out, "run"), device=device)
     own = Model.from_trainer(tr, meta={"command": "python -m minissd quickstart"})
     model_path = own.save(os.path.join(out, "run", "model.pt"))
-    curves = plot_curves(tr.log, os.path.join(out, "training_curves.png"))
+    curves = plot_training_curves(tr.log, os.path.join(out, "training_curves.png"))
     gen = torch.Generator(own.codes.device).manual_seed(0)
     own_samples = save_strip(turntable(own, sample_codes(own, 4, generator=gen), n_frames=6),
                              os.path.join(out, "samples_your_model.png"))

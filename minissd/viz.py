@@ -1,4 +1,4 @@
-"""Pictures of triplane codes and image grids for the notebooks.
+"""Pictures of triplane codes, image grids and training curves for the notebooks.
 
 A code x in R^{3 x C x R x R} has no colours of its own; to look at it we project the C
 channels of every texel of all three planes onto their top three principal directions,
@@ -166,3 +166,51 @@ def plot_ray(t, weights, transmittance, sigma=None, ax=None):
     ax.set_xlabel("t along the ray")
     ax.legend(fontsize=8)
     return ax
+
+
+# ----------------------------------------------------------------------------- training curves
+CURVES = (("loss_rend", "rendering loss (eq. 1)"), ("loss_diff", "diffusion loss (eq. 2)"))
+
+
+def log_series(log, key):
+    """(iters, values) of the finite values of `key` in log rows; None, NaN, inf and missing
+    values are skipped (the rendering loss does not exist in stage 2 of two-stage, etc.)."""
+    it, val = [], []
+    for r in log:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+            it.append(r.get("iter", len(it) + 1)), val.append(float(v))
+    return np.asarray(it), np.asarray(val)
+
+
+def plot_training_curves(log, path: str | None = None, title: str | None = None, dpi: int = 100):
+    """Rendering and diffusion losses against the outer iteration, from Trainer.log rows or
+    log.jsonl (values may be null/NaN). Raw values faint, a moving average on top, a dashed
+    line where the phase changes (two-stage: stage 1 -> stage 2). Returns the Figure, or
+    the path it was saved to when `path` is given. Uses no pyplot (works headless)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 3))
+    axes = fig.subplots(1, len(CURVES))
+    changes = [r.get("iter") for a, r in zip(log, log[1:]) if a.get("phase") != r.get("phase")]
+    for ax, (key, label) in zip(axes, CURVES):
+        it, val = log_series(log, key)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("outer iteration")
+        if len(val) == 0:
+            ax.text(0.5, 0.5, "no values logged", ha="center", va="center", transform=ax.transAxes)
+            continue
+        ax.plot(it, val, alpha=0.3, lw=0.8)
+        if len(val) > 20:
+            k = max(5, len(val) // 30)
+            ax.plot(it[k - 1:], np.convolve(val, np.ones(k) / k, mode="valid"), lw=1.5)
+        if (val > 0).all():
+            ax.set_yscale("log")
+        for c in changes:
+            ax.axvline(c, color="k", ls="--", lw=0.8, alpha=0.5)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    if path is None:
+        return fig
+    fig.savefig(path, dpi=dpi)
+    return path
