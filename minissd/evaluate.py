@@ -103,7 +103,8 @@ def _fid_kid(pred, real, kid=False):
     fid = None if fb is None else metrics.frechet_distance(fa, fb)
     if not kid:
         return fid
-    return fid, (None if fb is None else metrics.kernel_inception_distance(fa, fb, subsets=50)[0])
+    return fid, (None if fb is None else metrics.kernel_inception_distance(
+        fa, fb, subsets=metrics.KID_SUBSETS, subset_size=metrics.KID_SUBSET_SIZE)[0])
 
 
 # ----------------------------------------------------------------------------- reconstruction
@@ -153,6 +154,7 @@ def evaluate_reconstruction(model, data, input_views=(64,), finetune: str = "ren
         preds.append(r["preds"]), gts.append(r["gts"])
     out = {k: metrics.mean(v) for k, v in per_image.items()}        # mean over all images
     out["FID"] = _fid_kid(torch.cat(preds), torch.cat(gts)) if with_fid else None
+    out["FID_network"] = metrics.fid_network() if with_fid else None  # which features; comparable?
     out.update(task="recon", label=label, finetune=finetune, input_views=list(input_views),
                eval_every=eval_every, n_images=sum(r["n_eval"] for r in rows), scenes=rows)
     return out
@@ -289,7 +291,8 @@ def evaluate_generation(model, data, n_samples: int = 8, threshold: float = 10.0
     if with_fid and metrics.inception_features(torch.zeros(1, 8, 8, 3) + 1) is not None:
         fid, kid = _fid_kid(fake.flatten(0, 1), torch.cat([sc["images"] for sc in scenes]), kid=True)
     return {"task": "generation", "label": label, "COV": cm["cov"], "MMD": cm["mmd"], **img,
-            "FID": fid, "KID": kid, "threshold": threshold, "n_samples": n_samples,
+            "FID": fid, "KID": kid, "FID_network": metrics.fid_network() if with_fid else None,
+            "threshold": threshold, "n_samples": n_samples,
             "n_empty": len(pts) - len(full), "n_reference": n_ref, "image_views": ids}
 
 
@@ -400,7 +403,9 @@ def run(args):
             res = evaluate_reconstruction(model, args.data, finetune=args.finetune, **kw)
             rows = {res["label"]: res, **PAPER_RECON}
         table = markdown_table(rows, RECON_COLUMNS)
+    fid_net = metrics.fid_network()
+    table += "\n\n" + metrics.fid_network_note(fid_net)
     print(table)
-    write_json({"args": vars(args), "results": res, "table": table}, args.json)
+    write_json({"args": vars(args), "results": res, "table": table, "fid_network": fid_net}, args.json)
     print(f"-> {args.json}")
     return 0

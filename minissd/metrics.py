@@ -22,16 +22,22 @@ quantised to 8 bits first, as the paper does:  q(x) = round(255 * clamp(x, 0, 1)
                   (the official code has it as `eval_ssim`, but does not report it).
     LPIPS       = lpips package, VGG trunk, inputs in [-1, 1] (needs local VGG16 weights).
     FID(a, b)   = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))     on Inception pool features
-    KID(a, b)   = unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, averaged over random subsets
-                  (Binkowski et al. 2018; report x 1e3).
+    KID(a, b)   = unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, averaged over 100 random subsets
+                  of at most 1000 (Binkowski et al. 2018; mmgen's num_subsets; report x 1e3).
     CD(P, Q)    = mean_p min_q ||p - q||^2 + mean_q min_p ||q - p||^2      (squared distances)
     COV         = fraction of reference shapes that are the nearest neighbour (by CD) of
                   at least one generated shape;  MMD = mean_ref min_gen CD   (PointFlow / DiffRF).
 
 Pretrained networks (VGG16 for LPIPS, Inception-v3 for FID/KID) are used ONLY when their
-weights are already in the torch hub cache (torch.hub.get_dir()/checkpoints). Nothing here
-downloads: when weights are missing we print one message saying how to get them and
-return None ("n/a"), never a number from random weights.
+weights are already on disk. Nothing here downloads: when weights are missing we print one
+message saying how to get them and return None ("n/a"), never a number from random weights.
+
+FID/KID features depend on the network, so every result records which one made them
+(`fid_network()`). Published numbers (the paper's, through mmgen; StyleGAN2-ADA) use the
+TorchScript port of TF "inception-2015-12-05", file inception-2015-12-05.pt, looked for at
+$MINISSD_INCEPTION, then ~/.cache/minissd/weights/ (MINISSD_CACHE/weights), then the torch
+hub checkpoints/. Only that network is labelled comparable with published numbers; the
+fallbacks (pytorch-fid's port, torchvision's ImageNet Inception) are labelled not comparable.
 """
 import math
 import os
@@ -45,6 +51,18 @@ import torch.nn.functional as F
 VGG16_FILE = "vgg16-397923af.pth"                       # torchvision IMAGENET1K_V1
 INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"      # torchvision IMAGENET1K_V1
 FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid port of TF FID net
+INCEPTION_TS_FILE = "inception-2015-12-05.pt"            # TorchScript TF net (StyleGAN2-ADA, mmgen)
+INCEPTION_TS_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
+                    + INCEPTION_TS_FILE)                 # for the README's one-time fetch only
+INCEPTION_ENV = "MINISSD_INCEPTION"                      # path of inception-2015-12-05.pt
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000                 # mmgen's KID (num_subsets, max size)
+# what each feature network is called in results, and whether its FID/KID can sit next to
+# published numbers
+FID_NETWORKS = {
+    "torchscript": ("inception-2015-12-05 (TF, TorchScript)", True),
+    "pytorch-fid": ("pt_inception-2015-12-05 (pytorch-fid port; NOT comparable)", False),
+    "torchvision": ("torchvision inception_v3 IMAGENET1K_V1 (NOT comparable)", False),
+}
 _WARNED = set()       # messages already printed in this process
 _MODELS = {}          # (kind, weight path, device) -> network
 
@@ -149,10 +167,10 @@ def _lpips_model(pnet_rand=False, device="cpu"):
     """lpips.LPIPS(net='vgg') without any download.
 
     The linear calibration layers ship inside the lpips package (lpips/weights/v0.1/vgg.pth).
-    The VGG16 trunk is built random (pnet_rand=True, so torchvision never downloads) and,
-    unless pnet_rand, overwritten from the local torchvision checkpoint. Returns None when
-    that checkpoint is missing. pnet_rand=True is plumbing for shape tests: its output is
-    NOT LPIPS and must never be reported.
+    The VGG16 trunk is torchvision's IMAGENET1K_V1, which torchvision loads from the torch
+    hub cache by itself when the file is there (it downloads only when it is missing, so we
+    check first). Returns None when that checkpoint is missing. pnet_rand=True builds a
+    random trunk, plumbing for shape tests: its output is NOT LPIPS and must never be reported.
     """
     path = _checkpoint(VGG16_FILE)
     if not pnet_rand and not os.path.isfile(path):
@@ -167,21 +185,9 @@ def _lpips_model(pnet_rand=False, device="cpu"):
         import lpips as lpips_pkg
         with warnings.catch_warnings():   # torchvision 'pretrained=' deprecation noise
             warnings.simplefilter("ignore")
-            model = lpips_pkg.LPIPS(pretrained=True, net="vgg", pnet_rand=True, verbose=False)
-        if not pnet_rand:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-            model.net.load_state_dict(_vgg_to_lpips_keys(sd, model.net), strict=True)
+            model = lpips_pkg.LPIPS(pretrained=True, net="vgg", pnet_rand=pnet_rand, verbose=False)
         _MODELS[key] = model.eval().requires_grad_(False).to(device)
     return _MODELS[key]
-
-
-def _vgg_to_lpips_keys(sd, net):
-    """torchvision 'features.<i>.weight' -> lpips 'slice<k>.<i>.weight' (i < 30)."""
-    where = {}
-    for name in net.state_dict():                                      # 'slice3.10.weight'
-        sl, i, p = name.split(".")
-        where[f"features.{i}.{p}"] = name
-    return {where[k]: v for k, v in sd.items() if k in where}
 
 
 @torch.no_grad()
@@ -201,10 +207,36 @@ def lpips(pred, gt, quantize=True, batch_size=16, model=None):
 
 # ----------------------------------------------------------------------------- FID / KID
 
+def inception_paths():
+    """Where inception-2015-12-05.pt (TorchScript) is looked for, in order."""
+    from .config import cache_dir
+    env = os.environ.get(INCEPTION_ENV)
+    return ([env] if env else []) + [os.path.join(cache_dir(), "weights", INCEPTION_TS_FILE),
+                                     _checkpoint(INCEPTION_TS_FILE)]
+
+
 def _inception_model(device="cpu"):
-    """(model, kind) from local weights only: pytorch-fid's net if installed with its
-    weights present, else torchvision inception_v3 (note: FID from the torchvision net is
-    not numerically comparable to papers, which use the TF/pytorch-fid network)."""
+    """(network, kind) from local files only, the published one first:
+    "torchscript": inception-2015-12-05.pt (inception_paths()), the network of mmgen and
+        StyleGAN2-ADA; takes uint8 (N, 3, H, W), resizes and normalises itself;
+    "pytorch-fid": pytorch-fid's port (package installed and its weights in the hub cache);
+    "torchvision": torchvision's ImageNet inception_v3 (hub cache).
+    (None, None) and one message when there is none."""
+    env = os.environ.get(INCEPTION_ENV)
+    if env and not os.path.isfile(env):
+        _warn_once("inception-env", f"[minissd.metrics] {INCEPTION_ENV}={env}: no such file; ignored")
+    for path in inception_paths():
+        if os.path.isfile(path):
+            key = ("torchscript", os.path.abspath(path), str(device))
+            if key not in _MODELS:
+                try:
+                    with warnings.catch_warnings():             # torch.jit deprecation notice
+                        warnings.simplefilter("ignore", FutureWarning)
+                        net = torch.jit.load(path, map_location=device)
+                except (RuntimeError, ValueError) as e:
+                    raise RuntimeError(f"{path}: not a TorchScript {INCEPTION_TS_FILE} ({e})") from None
+                _MODELS[key] = net.eval()
+            return _MODELS[key], "torchscript"
     fid_path, tv_path = _checkpoint(FID_INCEPTION_FILE), _checkpoint(INCEPTION_FILE)
     if os.path.isfile(fid_path):
         try:
@@ -217,10 +249,13 @@ def _inception_model(device="cpu"):
             pass
     if not os.path.isfile(tv_path):
         _warn_once("inception", (
-            f"[minissd.metrics] FID/KID unavailable (reported as n/a): no Inception weights at {tv_path}.\n"
-            "  To enable it, on a machine with internet run\n"
-            "    python -c \"import torchvision; torchvision.models.inception_v3(weights='IMAGENET1K_V1')\"\n"
-            f"  and copy {INCEPTION_FILE} into {os.path.dirname(tv_path)}/"))
+            f"[minissd.metrics] FID/KID unavailable (reported as n/a): no Inception network found at "
+            f"{' or '.join(inception_paths())} (nor {tv_path}).\n"
+            f"  To enable it (once, on a machine with internet), fetch {INCEPTION_TS_FILE}, the network of "
+            "the published numbers:\n"
+            f"    mkdir -p {os.path.dirname(inception_paths()[-2])} && curl -L -o "
+            f"{inception_paths()[-2]} {INCEPTION_TS_URL}\n"
+            f"  or point {INCEPTION_ENV} at a copy of it."))
         return None, None
     key = ("tv-inception", tv_path, str(device))
     if key not in _MODELS:
@@ -233,9 +268,30 @@ def _inception_model(device="cpu"):
     return _MODELS[key], "torchvision"
 
 
+def fid_network(device="cpu"):
+    """{"name", "comparable", "kind"} of the network FID/KID would use now, or None (n/a).
+    Record it next to every FID/KID: numbers from different networks do not compare."""
+    _, kind = _inception_model(device)
+    if kind is None:
+        return None
+    name, comparable = FID_NETWORKS[kind]
+    return {"name": name, "comparable": comparable, "kind": kind}
+
+
+def fid_network_note(info) -> str:
+    """One line for under a table: which network made FID/KID, and whether it compares."""
+    if info is None:
+        return "FID/KID: n/a (no Inception network on disk; see the README, 'FID and KID')"
+    if info["comparable"]:
+        return f"FID/KID features: {info['name']}, the network of the published numbers"
+    return (f"FID/KID features: {info['name']}: these FID/KID values are NOT comparable with the "
+            f"paper's (which use {INCEPTION_TS_FILE})")
+
+
 @torch.no_grad()
 def inception_features(images, batch_size=32, device="cpu"):
-    """(N, 2048) numpy pool features of images (N,H,W,3) in [0,1], or None without weights."""
+    """(N, D) numpy pool features (D = 2048) of images (N,H,W,3) in [0,1], or None without
+    a network. Which network: fid_network()."""
     model, kind = _inception_model(device)
     if model is None:
         return None
@@ -243,7 +299,9 @@ def inception_features(images, batch_size=32, device="cpu"):
     feats = []
     for i in range(0, images.shape[0], batch_size):
         x = images[i:i + batch_size].permute(0, 3, 1, 2).to(device)    # (b,3,H,W)
-        if kind == "pytorch-fid":
+        if kind == "torchscript":                                      # as StyleGAN2-ADA / mmgen
+            f = model((x * 255).round().to(torch.uint8), return_features=True)
+        elif kind == "pytorch-fid":
             f = model(x)[0].flatten(1)                                 # resizes + normalises itself
         else:
             x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
@@ -268,7 +326,8 @@ def frechet_distance(feats_a, feats_b):
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_sqrt)
 
 
-def kernel_inception_distance(feats_a, feats_b, subsets=100, subset_size=1000, seed=0):
+def kernel_inception_distance(feats_a, feats_b, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE,
+                              seed=0):
     """KID (mean, std) over `subsets` random subsets: unbiased MMD^2, cubic polynomial kernel."""
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
     m = min(subset_size, len(a), len(b))

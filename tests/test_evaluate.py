@@ -173,3 +173,43 @@ def test_image_coverage_by_hand():
     expect = np.mean([-10 * math.log10(m) for m in (0.01, 0.16, 0.81)])
     assert r["IMG_MMD"] == pytest.approx(expect, rel=1e-5)
     assert r["IMG_PREC"] == pytest.approx(20.0, rel=1e-5)
+
+
+class _FakeInception(torch.nn.Module):
+    """A stand-in for inception-2015-12-05.pt (same call; 3-d features)."""
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return img.to(torch.float32).mean(dim=(2, 3))
+
+
+def test_results_record_the_fid_network(setup, tmp_path, monkeypatch, capsys):
+    from minissd import metrics
+    model, test, _ = setup
+    monkeypatch.setattr(metrics, "_MODELS", {})
+    monkeypatch.setattr(metrics, "_WARNED", set())
+    monkeypatch.setenv("MINISSD_CACHE", str(tmp_path / "cache"))
+    old_hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))                       # no other network on disk
+    try:
+        kw = dict(input_views=(64,), n_scenes=1, eval_every=8, **FAST)
+        absent = ev.evaluate_reconstruction(model, test, **kw)
+        assert absent["FID"] is None and absent["FID_network"] is None
+        path = tmp_path / metrics.INCEPTION_TS_FILE
+        torch.jit.save(torch.jit.script(_FakeInception()), str(path))
+        monkeypatch.setenv(metrics.INCEPTION_ENV, str(path))
+        r = ev.evaluate_reconstruction(model, test, **kw)
+        assert math.isfinite(r["FID"])
+        assert r["FID_network"] == {"name": "inception-2015-12-05 (TF, TorchScript)",
+                                    "comparable": True, "kind": "torchscript"}
+        out = tmp_path / "r.json"
+        capsys.readouterr()
+        from minissd.cli import main
+        assert main(["evaluate", "--ckpt", model.save(str(tmp_path / "m.pt")), "--data", test,
+                     "--finetune", "none", "--scenes", "1", "--eval-every", "8", "--steps", "2",
+                     "--json", str(out)]) == 0
+        d = json.loads(out.read_text())
+        assert d["fid_network"]["name"] == r["FID_network"]["name"]
+        assert d["results"]["FID_network"]["comparable"] is True
+        assert "FID/KID features: inception-2015-12-05" in d["table"]
+    finally:
+        torch.hub.set_dir(old_hub)

@@ -2,9 +2,12 @@
 import math
 import os
 
+import lpips as lpips_pkg
 import numpy as np
 import pytest
 import torch
+import torchvision          # before empty_hub patches torch.hub: torchvision binds its loader
+
 
 from minissd import metrics as M
 
@@ -263,20 +266,97 @@ def test_lpips_plumbing_shape_random_trunk(empty_hub):
 
 
 def test_lpips_loads_local_vgg_and_package_linear_layers(empty_hub):
-    """A features-only VGG16 file in the hub cache is mapped into the lpips trunk."""
+    """A VGG16 file in the hub cache is what torchvision (inside lpips) loads, no remapping.
+
+    The file is the full torchvision state dict, each tensor a stride-0 view of one number
+    (a few kB on disk). Loading it goes through the real torch.hub.load_state_dict_from_url;
+    the actual download function stays blocked, so a cache miss would still fail the test."""
     import lpips as lpips_pkg
     import torchvision
     ckpt = empty_hub / "checkpoints"
     ckpt.mkdir()
-    features = torchvision.models.vgg16(weights=None).features.state_dict()
-    torch.save({f"features.{k}": v for k, v in features.items()}, ckpt / M.VGG16_FILE)
+    shapes = {k: v.shape for k, v in torchvision.models.vgg16(weights=None).state_dict().items()}
+    fake = {k: torch.tensor(float(i)).expand(shape) for i, (k, shape) in enumerate(shapes.items())}
+    torch.save(fake, ckpt / M.VGG16_FILE)
     model = M._lpips_model()
     assert model is not None
-    assert torch.equal(getattr(model.net.slice3, "10").weight, features["10.weight"])
-    assert torch.equal(getattr(model.net.slice5, "28").bias, features["28.bias"])
+    assert torch.equal(getattr(model.net.slice3, "10").weight, fake["features.10.weight"].contiguous())
+    assert torch.equal(getattr(model.net.slice5, "28").bias, fake["features.28.bias"].contiguous())
     lin = torch.load(os.path.join(os.path.dirname(lpips_pkg.__file__), "weights/v0.1/vgg.pth"),
                      map_location="cpu")
     assert torch.equal(model.lin0.model[1].weight, lin["lin0.model.1.weight"])
+
+
+class _FakeInception(torch.nn.Module):
+    """Stands in for inception-2015-12-05.pt: same call (uint8 NCHW, return_features=True),
+    4-d 'features' = per-channel means in 0..255 and their sum."""
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        assert img.dtype == torch.uint8 and img.shape[1] == 3
+        assert return_features
+        m = img.to(torch.float32).mean(dim=(2, 3))                    # (N, 3)
+        return torch.cat([m, m.sum(dim=1, keepdim=True)], dim=1)      # (N, 4)
+
+
+@pytest.fixture
+def fake_inception(empty_hub, tmp_path, monkeypatch):
+    path = tmp_path / "somewhere" / M.INCEPTION_TS_FILE
+    path.parent.mkdir()
+    torch.jit.save(torch.jit.script(_FakeInception()), str(path))
+    monkeypatch.setenv("MINISSD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(M.INCEPTION_ENV, str(path))
+    return path
+
+
+def test_fid_network_torchscript_from_documented_path(fake_inception, capsys):
+    info = M.fid_network()
+    assert info == {"name": "inception-2015-12-05 (TF, TorchScript)", "comparable": True,
+                    "kind": "torchscript"}
+    x = torch.zeros(3, 16, 16, 3)
+    x[..., 0] = 1.0                                                   # red: 255
+    x[1, ..., 1] = 0.5                                                # round(127.5) = 128
+    f = M.inception_features(x)
+    assert f.shape == (3, 4)
+    assert np.allclose(f[:, 0], 255) and np.allclose(f[:, 1], [0, 128, 0]) and np.allclose(f[:, 2], 0)
+    assert "comparable" not in capsys.readouterr().err                # no warning printed
+    assert "the network of the published numbers" in M.fid_network_note(info)
+
+
+def test_fid_network_default_cache_path(empty_hub, tmp_path, monkeypatch):
+    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    monkeypatch.setenv("MINISSD_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "cache" / "weights"
+    weights.mkdir(parents=True)
+    assert M.inception_paths()[0] == str(weights / M.INCEPTION_TS_FILE)
+    torch.jit.save(torch.jit.script(_FakeInception()), str(weights / M.INCEPTION_TS_FILE))
+    assert M.fid_network()["kind"] == "torchscript"
+
+
+def test_fid_network_other_backbone_labelled_not_comparable(empty_hub, tmp_path, monkeypatch):
+    """torchvision's ImageNet Inception in the hub cache is used, but says it is not comparable."""
+    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    monkeypatch.setenv("MINISSD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(M, "_inception_model", lambda device="cpu": (object(), "torchvision"))
+    info = M.fid_network()
+    assert info["comparable"] is False and "NOT comparable" in info["name"]
+    assert "NOT comparable with the paper" in M.fid_network_note(info)
+
+
+def test_fid_network_absent_is_na_with_fetch_step(empty_hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    monkeypatch.setenv("MINISSD_CACHE", str(tmp_path / "cache"))
+    assert M.fid_network() is None
+    assert M.inception_features(torch.rand(2, 8, 8, 3)) is None
+    err = capsys.readouterr().err
+    assert err.count("FID/KID unavailable") == 1
+    assert M.INCEPTION_TS_FILE in err and M.INCEPTION_TS_URL in err and M.INCEPTION_ENV in err
+    assert "n/a" in M.fid_network_note(None)
+
+
+def test_kid_uses_100_subsets_by_default():
+    import inspect
+    assert M.KID_SUBSETS == 100
+    assert inspect.signature(M.kernel_inception_distance).parameters["subsets"].default == 100
 
 
 # ----------------------------------------------------------------------------- tables
