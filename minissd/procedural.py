@@ -223,3 +223,22 @@ def run(args):
                               args.resolution, args.seed)
     print(f"wrote {args.scenes} {args.category} scenes x {views} views to {path}")
     return 0
+
+
+# ------------------------------------------------ make-data --source pybullet ----
+# Real meshes from pybullet_data (optional extra `objects`) live in pybullet_source.py;
+# make-data routes to it on --source pybullet and otherwise runs the procedural objects.
+_add_procedural_arguments, _run_procedural = add_arguments, run
+
+
+def add_arguments(parser):  # noqa: F811
+    _add_procedural_arguments(parser)
+    from minissd.pybullet_source import add_source_arguments
+    add_source_arguments(parser)
+
+
+def run(args):  # noqa: F811
+    if getattr(args, "source", "procedural") == "pybullet":
+        from minissd.pybullet_source import run as run_pybullet
+        return run_pybullet(args)
+    return _run_procedural(args)
