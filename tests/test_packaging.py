@@ -81,13 +81,13 @@ def test_notebooks_are_numbered_and_start_with_parameters():
 # ----------------------------------------------------------------------------- the wheel
 
 def _can_build_wheel():
-    """setuptools >= 77 (SPDX licence string) with its own bdist_wheel, or the wheel package."""
+    """setuptools >= 64 (pyproject builds) with its own bdist_wheel (>= 70.1) or the wheel package."""
     import importlib.util
     if importlib.util.find_spec("setuptools") is None:
         return "setuptools is not installed"
     import setuptools
-    if int(setuptools.__version__.split(".")[0]) < 77:
-        return f"setuptools {setuptools.__version__} < 77"
+    if int(setuptools.__version__.split(".")[0]) < 64:
+        return f"setuptools {setuptools.__version__} < 64"
     if (importlib.util.find_spec("setuptools.command.bdist_wheel") is None
             and importlib.util.find_spec("wheel") is None):
         return "no bdist_wheel (setuptools < 70.1 and no wheel package)"
