@@ -132,6 +132,7 @@ def test_generation_cov_mmd_known_answer(monkeypatch):
     model = SimpleNamespace(cfg=SimpleNamespace(image_res=32), codes=torch.zeros(3, 1))
     monkeypatch.setattr(ev, "sample_codes", lambda m, n, steps, gen: torch.zeros(n, 1))
     monkeypatch.setattr(ev, "surface_points", lambda m, c, thr, res, n, seed=0: shells[seed])
+    monkeypatch.setattr(ev, "render_views", lambda m, c, c2w, K, res: torch.ones(len(c2w), res, res, 3))
     r = ev.evaluate_generation(model, test, n_samples=3, with_fid=False, progress=False)
     assert r["n_empty"] == 1 and r["n_reference"] == 2
     assert r["COV"] == pytest.approx(0.5)
