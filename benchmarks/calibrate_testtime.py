@@ -97,13 +97,17 @@ def report(args):
     cfg = models["single-stage"].cfg
     data = split(cfg, TEST_SEED, args.scenes)
     print(f"test: {data} ({args.scenes} objects), test-time {models['single-stage'].test}")
-    abl = [a for a in ("A0", "A1", "A2", "A3") if a != "A1" or args.ckpt2]
+    abl = [a for a in args.rows if a != "A1" or args.ckpt2]
     res = ev.evaluate_ablations(models, data, abl, input_views=(64,), n_scenes=args.scenes,
                                 eval_every=args.eval_every, with_fid=False, progress=True)
+    if args.previous:                        # rows measured earlier with the same settings
+        with open(args.previous) as f:
+            res = {**json.load(f)["results"], **res}
+    res = {a: res[a] for a in ("A0", "A1", "A2", "A3") if a in res}
     print(ev.markdown_table(ev.side_by_side(res, ev.PAPER_ABLATION)))
     a0 = per_scene(res["A0"])
     diffs = {}
-    for a in abl[1:]:
+    for a in [a for a in ("A1", "A2", "A3") if a in res]:
         d = a0 - per_scene(res[a])
         se = d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
         diffs[a] = {"mean": float(d.mean()), "se": float(se)}
@@ -131,6 +135,8 @@ def main(argv=None):
     s.add_argument("--lr-scales", type=float, nargs="+", default=[0.1, 0.3, 1.0])
     s.add_argument("--c-diffs", type=float, nargs="+", default=[1.0, 4.0, 16.0])
     r.add_argument("--ckpt2", help="two-stage model file (row A1)")
+    r.add_argument("--rows", nargs="+", default=["A0", "A1", "A2", "A3"], help="ablation rows to run")
+    r.add_argument("--previous", help="JSON of an earlier report whose rows are added (e.g. A1 later)")
     args = p.parse_args(argv)
     return sweep(args) if args.what == "sweep" else report(args)
 

@@ -46,6 +46,30 @@ def write_manifest(manifest: dict) -> None:
     os.replace(tmp, MANIFEST)
 
 
+def quality(model, cfg, n_scenes: int) -> dict:
+    """PSNR/SSIM of the first training codes at every 5th training view, code statistics."""
+    data_dir = ensure_dataset("cars", "train", cfg.data_scenes, cfg.data_views, cfg.image_res,
+                              progress=False)
+    n = min(n_scenes, len(model.codes))
+    fit = evaluate_codes(model, model.codes[:n], data_dir, views=list(range(0, cfg.data_views, 5)))
+    return {"train_view_psnr": round(fit["PSNR"], 2), "train_view_ssim": round(fit["SSIM"], 4),
+            "code_stats": {k: round(v, 4) for k, v in code_statistics(model.codes).items()}}
+
+
+def refresh_metrics(n_scenes: int) -> int:
+    from minissd.experiment import Model
+    manifest = read_manifest()
+    for key, entry in manifest.items():
+        path = os.path.join(ASSETS, "models", entry["file"])
+        if not os.path.exists(path):
+            continue
+        model = Model.load(path)
+        entry.update(quality(model, model.cfg, n_scenes))
+        print(key, entry["train_view_psnr"], entry["train_view_ssim"])
+    write_manifest(manifest)
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="smoke")
@@ -53,7 +77,12 @@ def main(argv=None):
     p.add_argument("--views", nargs="+", type=int, default=[0, 3], help="views per scene (0 = all)")
     p.add_argument("--iters", type=int, help="override the preset's iterations")
     p.add_argument("--eval-scenes", type=int, default=4, help="training scenes scored for PSNR")
+    p.add_argument("--refresh-metrics", action="store_true",
+                   help="re-measure the quality numbers of the manifest's existing files with the "
+                        "current evaluation code (no training)")
     args = p.parse_args(argv)
+    if args.refresh_metrics:
+        return refresh_metrics(args.eval_scenes)
     os.makedirs(os.path.join(ASSETS, "models"), exist_ok=True)
     for views in args.views:
         for mode in args.modes:

@@ -110,16 +110,20 @@ class TestConfig:
     """
     __test__ = False               # not a pytest test class
     # --- image-guided sampling, eq. (5, 6) (guidance.py) ---------------------------------
-    lambda_gd: float = 30.0        # guidance scale on the gradient of the per-pixel SUM of
-                                   # 0.5 ||y - y_hat||^2 over the observed views (eq. 1's weight)
+    lambda_gd: float = 60.0        # guidance scale on the gradient of the per-pixel SUM of
+                                   # 0.5 ||y - y_hat||^2 over the observed views (eq. 1's weight);
+                                   # validation sweep 7.5/15/30/60/120 -> 60 (README)
     recon_steps: int = 0           # DDIM steps to reconstruct; 0 = 1.5 x cfg.ddim_steps (paper 75/50)
     guide_rays: int = 0            # observed rays rendered per guidance step; 0 = 4 x rays_per_scene
     # --- finetuning, eq. (7) (finetune.py) ----------------------------------------------
     ft_c_rend: float = 40.0        # lambda_rend = ft_c_rend (1 - exp(-0.1 N_v)) on the per-ray mean
-    ft_c_diff: float = 1.0         # lambda'_diff = ft_c_diff / EMA(mean(x0^2)) (paper: 1)
+    ft_c_diff: float = 4.0         # lambda'_diff = ft_c_diff / EMA(mean(x0^2)) (paper: 1; our
+                                   # validation sweep 1/4/16 -> 4)
     ft_inner: int = 4              # inner Adam steps per denoiser pass (paper: 4)
     ft_lr_decay: float = 0.998     # lr x ft_lr_decay after every step (paper)
-    ft_lr_scale: float = 1.0       # multiplies the schedule's learning rates
+    ft_lr_scale: float = 0.3       # multiplies the schedule's learning rates (paper: 1; our
+                                   # validation sweep 0.1/0.3/1 -> 0.3: at full rate Adam moves the
+                                   # texels no view sees by a full step of the prior gradient alone)
     ft_schedule: tuple = ((1, 25, 5e-3), (2, 50, 1e-2), (4, 100, 2e-2), (8, 160, 4e-2),
                           (16, 200, 8e-2))   # (from n views, outer iterations, lr): the paper's
     ft_rays: int = 0               # rays per finetuning step; 0 = cfg.rays_per_scene
