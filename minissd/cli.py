@@ -44,8 +44,17 @@ EXAMPLES = {
 }
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows every flag's default, and the examples as written."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows every flag's default (unless its help already says it, or there is
+    none to show: a switch, a required flag), and the examples as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        empty = action.default is None or action.default is False or action.default == [] \
+            or action.default == argparse.SUPPRESS
+        if "default" not in text and not empty and action.option_strings and not action.required:
+            text += f" (default: {action.default})"
+        return text
 
 
 def version() -> str:
@@ -82,6 +91,16 @@ def _int_type(low: int, high: int | None):
         return v
     parse.__name__ = "integer"
     return parse
+
+
+def require_positive(args, *names) -> None:
+    """UserError for the first optional integer argument in `names` that is given and
+    below 1 (for flags whose type the command declares as plain int)."""
+    from .errors import UserError
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise UserError(f"--{name.replace('_', '-')} {v}: must be at least 1")
 
 
 # -------------------------------------------------------------- output locations ----

@@ -58,10 +58,12 @@ def plot_curves(log: list[dict], path: str) -> str:
 
 
 def add_arguments(p):
-    p.add_argument("--out", default="quickstart", help="output folder (default: ./quickstart)")
-    p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"])
-    p.add_argument("--iters", type=int, default=600, help="outer training iterations")
-    p.add_argument("--scenes", type=int, default=32, help="training cars")
+    from .cli import positive
+    p.add_argument("--out", default="quickstart", help="output folder")
+    p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"],
+                   help="config preset (config.py)")
+    p.add_argument("--iters", type=positive(10**9), default=600, help="outer training iterations")
+    p.add_argument("--scenes", type=positive(100_000), default=32, help="training cars")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
 
 
