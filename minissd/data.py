@@ -132,7 +132,7 @@ def _mismatch(d, imgs, poses) -> str:
     b = {os.path.splitext(f)[0]: f for f in poses}
     bits = [f"no pose for rgb/{a[k]}" for k in sorted(set(a) - set(b))[:3]]
     bits += [f"no image for pose/{b[k]}" for k in sorted(set(b) - set(a))[:3]]
-    bits += [f"{sub}/{f} is not a regular file" for sub, exts in (("rgb", IMAGE_EXT), ("pose", (".txt",)))
+    bits += [f"{os.path.join(d, sub, f)} is not a regular file" for sub, exts in (("rgb", IMAGE_EXT), ("pose", (".txt",)))
              for f in _skipped(os.path.join(d, sub), exts)[:3]]
     return f" ({'; '.join(bits)})" if bits else ""
 
@@ -224,12 +224,14 @@ class SRNDataset:
         """The views every scene has; ValueError naming the first scene that differs
         from the most common count (training stacks all scenes with the same views)."""
         counts = self.view_counts()
-        common = max(set(counts), key=counts.count)
+        common = max(set(counts), key=lambda c: (counts.count(c), c == counts[0]))
+        ref = self.dirs[counts.index(common)]
         for d, n in zip(self.dirs, counts):
             if n != common:
-                raise ValueError(f"{d}: has {n} views but {counts.count(common)} of the "
-                                 f"{len(counts)} scenes have {common}; every training "
-                                 f"scene needs the same number of views")
+                others = counts.count(common) - 1
+                raise ValueError(f"{d}: has {n} views, but {ref}{f' (and {others} more)' if others else ''} "
+                                 f"has {common}; every training scene needs the same number of "
+                                 "views")
         return common
 
     def fingerprint(self) -> str:

@@ -297,7 +297,7 @@ def add_arguments(p):
                    help="test-time finetuning (without --ablation)")
     p.add_argument("--scenes", type=positive(), help="only the first N test scenes (default: all)")
     p.add_argument("--eval-every", type=positive(), default=1, help="score every k-th non-input view")
-    p.add_argument("--lambda-gd", type=float, default=DEFAULT_LAMBDA_GD)
+    p.add_argument("--lambda-gd", type=float, default=DEFAULT_LAMBDA_GD, help="guidance scale")
     p.add_argument("--steps", type=int, help="DDIM steps")
     p.add_argument("--samples", type=positive(10_000), default=16, help="generation: number of samples")
     p.add_argument("--threshold", type=float, help="generation: density threshold (skips calibration)")

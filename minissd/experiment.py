@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -210,7 +210,9 @@ def config_from_args(args) -> Config:
     over.update(parse_override(s) for s in args.set)
     over.update({k: v for k, v in (("iters", args.iters), ("views_per_scene", args.views_per_scene),
                                    ("seed", args.seed)) if v is not None})
-    return get_preset(args.preset, **over)
+    name = over.pop("name", None)                 # get_preset's own first argument
+    cfg = get_preset(args.preset, **over)
+    return cfg if name is None else replace(cfg, name=name).validate()
 
 
 def run(args):
