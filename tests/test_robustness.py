@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -179,7 +180,7 @@ BAD_ARGS = {   # argv (DATA, MODEL, OUT are filled in) -> the argument the messa
     "train unknown key": (["train", "--data", "DATA", "--out", "OUT", "--set", "code_size=3"], "code_res"),
     "train mistyped value": (["train", "--data", "DATA", "--out", "OUT", "--set", "code_res=1.5"], "code_res"),
     "train missing config": (["train", "--data", "DATA", "--out", "OUT", "--config", "OUT/none.json"], "none.json"),
-    "train out is a file": (["train", *TINY, "--data", "DATA", "--out", "FILE"], "FILE"),
+    "train out is a file": (["train", *TINY, "--data", "DATA", "--out", "FILE"], "--out FILE"),
     "make-data --scenes 0": (["make-data", "--scenes", "0", "--out", "OUT"], "--scenes"),
     "make-data --views 0": (["make-data", "--views", "0", "--out", "OUT"], "--views"),
     "make-data --resolution 0": (["make-data", "--resolution", "0", "--out", "OUT"], "--resolution"),
@@ -191,19 +192,19 @@ BAD_ARGS = {   # argv (DATA, MODEL, OUT are filled in) -> the argument the messa
     "sample --steps 0": (["sample", "--ckpt", "MODEL", "--out", "OUT", "--steps", "0"], "--steps"),
     "sample --res 0": (["sample", "--ckpt", "MODEL", "--out", "OUT", "--res", "0"], "--res"),
     "sample --res 100000": (["sample", "--ckpt", "MODEL", "--out", "OUT", "--res", "100000"], "--res"),
-    "sample out is a file": (["sample", "--ckpt", "MODEL", "--out", "FILE"], "FILE"),
+    "sample out is a file": (["sample", "--ckpt", "MODEL", "--out", "FILE"], "--out FILE"),
     "reconstruct --scenes 0": (["reconstruct", "--ckpt", "MODEL", "--data", "DATA", "--out", "OUT",
                                 "--scenes", "0"], "--scenes"),
     "reconstruct --scenes -1": (["reconstruct", "--ckpt", "MODEL", "--data", "DATA", "--out", "OUT",
                                  "--scenes", "-1"], "--scenes"),
     "reconstruct --steps 0": (["reconstruct", "--ckpt", "MODEL", "--data", "DATA", "--out", "OUT",
                                "--steps", "0"], "--steps"),
-    "reconstruct out is a file": (["reconstruct", "--ckpt", "MODEL", "--data", "DATA", "--out", "FILE"], "FILE"),
+    "reconstruct out is a file": (["reconstruct", "--ckpt", "MODEL", "--data", "DATA", "--out", "FILE"], "--out FILE"),
     "evaluate --input-views 999": (["evaluate", "--ckpt", "MODEL", "--data", "DATA", "--json", "OUT/a.json",
                                     "--input-views", "999"], "--input-views"),
-    "evaluate --json is a folder": (["evaluate", "--ckpt", "MODEL", "--data", "DATA", "--json", "DATA"], "--json"),
+    "evaluate --json is a folder": (["evaluate", "--ckpt", "MODEL", "--data", "DATA", "--json", "DATA"], "--json DATA"),
     "evaluate --json under a file": (["evaluate", "--ckpt", "MODEL", "--data", "DATA", "--json",
-                                      "FILE/a.json"], "--json"),
+                                      "FILE/a.json"], "--json FILE"),
     "evaluate --ckpt2 single-stage": (["evaluate", "--ckpt", "MODEL", "--ckpt2", "MODEL", "--data", "DATA",
                                        "--ablation", "A1", "--json", "OUT/a.json"], "--ckpt2"),
     "evaluate --ckpt2 other preset": (["evaluate", "--ckpt", "MODEL", "--ckpt2", "OTHER", "--data", "DATA",
@@ -220,7 +221,7 @@ def test_bad_arguments_refused_in_one_line(case, data, models, tmp_path, capsys)
     (tmp_path / "file").write_text("not a folder")
     subs = {"DATA": data, "MODEL": models["ss"], "OTHER": models["other"],
             "OUT": str(tmp_path / "out"), "FILE": str(tmp_path / "file")}
-    fill = lambda a: next((a.replace(k, v) for k, v in subs.items() if a.startswith(k)), a)  # noqa: E731
+    fill = lambda arg: re.sub(r"\b(DATA|MODEL|OTHER|OUT|FILE)\b", lambda m: subs[m.group(1)], arg)  # noqa: E731
     before = sorted(os.listdir(data))
     assert_refused([fill(a) for a in argv], capsys, fill(name))
     assert sorted(os.listdir(data)) == before
@@ -269,6 +270,19 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not os.path.exists(os.path.join(out, "model.pt"))
     again = Trainer(tiny_cfg(iters=6, ckpt_every=2), tiny_data(), out_dir=out)
     assert again.resume() and again.it == 2              # resume from the good one
+
+
+def test_nonfinite_parameters_are_never_checkpointed(tmp_path):
+    """A NaN that no loss sees yet (the EMA copy) is caught at the checkpoint."""
+    out = str(tmp_path / "run")
+    tr = Trainer(tiny_cfg(iters=6, ckpt_every=2), tiny_data(), out_dir=out)
+    tr.train(progress=False, stop_after=2)
+    good = open(os.path.join(out, "checkpoint.pt"), "rb").read()
+    with torch.no_grad():
+        next(tr.ema_prior.parameters()).fill_(float("inf"))
+    with pytest.raises(TrainingDiverged, match=r"iteration 4 .*non-finite parameters ema_prior"):
+        tr.train(progress=False)
+    assert open(os.path.join(out, "checkpoint.pt"), "rb").read() == good
 
 
 def test_absurd_learning_rate_stops_training_from_the_cli(made, tmp_path, capsys):
@@ -390,10 +404,20 @@ def test_set_and_config_file_override_and_are_recorded(made, tmp_path, capsys):
         get_preset("smoke", code_size=3)
 
 
-def test_log_every_appends_rows_with_null(tmp_path):
+def test_log_every_appends_rows_with_null(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    tr = Trainer(tiny_cfg(iters=5, ckpt_every=100, diff_steps=1), tiny_data(), out_dir=str(out))
-    tr.train(progress=False, stop_after=3, log_every=1)      # 3 < ckpt_every: no checkpoint yet...
+    tr = Trainer(tiny_cfg(iters=10, ckpt_every=100, diff_steps=1), tiny_data(), out_dir=str(out))
+    step, calls = tr.outer_step, []
+
+    def killed_at_4():
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return step()
+    monkeypatch.setattr(tr, "outer_step", killed_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(progress=False, log_every=1)
+    assert not (out / "checkpoint.pt").exists()             # no checkpoint yet...
     text = (out / "log.jsonl").read_text()
     assert len(text.splitlines()) == 3 and "NaN" not in text                      # ...but a log
     rows = [json.loads(line) for line in text.splitlines()]
@@ -410,7 +434,9 @@ def test_every_flag_has_help_and_every_command_an_example():
         p = command_parser(name)
         missing = [a.option_strings for a in p._actions if a.option_strings and not a.help]
         assert not missing, (name, missing)
-        assert "example:" in p.format_help() and "(default: " in p.format_help()
+        assert "example:" in p.format_help()
+    assert "number of objects (default: 32)" in command_parser("make-data").format_help()
+    assert "number of samples (default: 8)" in command_parser("sample").format_help()
 
 
 def test_version(capsys):
