@@ -158,6 +158,16 @@ def test_grayscale_with_and_without_alpha_accepted(data):
     assert torch.allclose(images[2], torch.ones_like(images[2]))          # transparent -> white
 
 
+def test_huge_image_refused_before_decoding(tmp_path, monkeypatch):
+    from PIL import ImageFile
+    from minissd.data import read_image
+    path = str(tmp_path / "big.png")
+    Image.new("RGB", (9000, 16)).save(path)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded first"))
+    with pytest.raises(ValueError, match="big.png.*larger than"):
+        read_image(path)
+
+
 def test_damaged_surface_names_the_file(data):
     path = os.path.join(data, "cars_0000", "surface.npz")
     blob = bytearray(open(path, "rb").read())
