@@ -6,15 +6,26 @@ Nothing a long run has learned may be lost to a crash, a full disk or Ctrl-C:
     so a reader sees either the old checkpoint or the new one, never half of one.
   * `load` uses `torch.load(weights_only=True)`: a checkpoint is plain tensors, numbers,
     strings, lists and dicts, so loading one cannot run code.
+  * `load` also checks the CRC-32 of every member of the zip archive that torch.save
+    writes (every checkpoint ever written has them), so a damaged file is refused
+    instead of loading with changed weights; `nonfinite` finds NaN/inf tensors.
   * `check_config` compares the config stored in a checkpoint with the one a run asks
     for and names every field that differs.
+  * `RunLock` is an exclusive lock on a run folder: one trainer per folder.
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+import zipfile
 
 import torch
+
+from .errors import RunLocked
+
+TMP_PREFIX = ".tmp-"
+LOCK_NAME = ".lock"
 
 # fields that may change between a run and its resumption without changing the model
 RESUMABLE_FIELDS = ("iters", "ckpt_every")
@@ -24,28 +35,92 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, not ours, or made with another config."""
 
 
-def save_atomic(path: str, obj: dict) -> str:
-    """torch.save `obj` to `path` atomically (temporary file, fsync, rename)."""
+def _umask_mode(mode: int = 0o666) -> int:
+    """`mode` less the process umask: the permissions open() would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def write_atomic(path: str, write, binary: bool = True) -> str:
+    """Call write(file) on a uniquely named temporary file beside `path`, fsync it, give it
+    the user's normal permissions and rename it over `path`; nothing is left behind on
+    failure. An OSError (a full disk) is re-raised naming `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix="-" + os.path.basename(path), dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise OSError(e.errno, f"{e.strerror or e} (writing {path})", path) from e
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove_quietly(tmp)
         raise
     return path
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def save_atomic(path: str, obj: dict) -> str:
+    """torch.save `obj` to `path` atomically (temporary file, fsync, rename)."""
+    return write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def remove_orphans(folder: str) -> list[str]:
+    """Delete the temporary files of writes that were killed half-way (call it while
+    holding the folder's RunLock, so no live write is touched). Returns their paths."""
+    gone = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        if name.startswith(TMP_PREFIX) and os.path.isfile(path):
+            _remove_quietly(path)
+            gone.append(path)
+    return gone
+
+
+def nonfinite(obj, prefix: str = "") -> list[str]:
+    """The keys ('decoder.net.0.weight', ...) of every floating tensor in a nested
+    dict/list holding a NaN or an infinity."""
+    if torch.is_tensor(obj):
+        return [prefix or "<tensor>"] if obj.is_floating_point() and not torch.isfinite(obj).all() else []
+    if isinstance(obj, dict):
+        return [k for key, v in obj.items() for k in nonfinite(v, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(obj, (list, tuple)):
+        return [k for i, v in enumerate(obj) for k in nonfinite(v, f"{prefix}[{i}]")]
+    return []
+
+
+def check_archive(path: str) -> None:
+    """Raise CheckpointError when a torch zip archive is damaged (a CRC-32 mismatch or
+    a broken zip structure). Files in torch's legacy (non-zip) format are not checked."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged checkpoint file ({e})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: damaged checkpoint file (checksum mismatch in {bad}); "
+                              "restore it from a backup or retrain")
 
 
 def load(path: str, map_location="cpu") -> dict:
     """Load a minissd checkpoint safely; raise CheckpointError naming the file if unusable."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
+    check_archive(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, corrupted, or not a torch file at all
@@ -74,3 +149,50 @@ def check_config(path: str, saved: dict, wanted: dict, ignore=RESUMABLE_FIELDS) 
         raise CheckpointError(
             f"{path} was made with a different config:\n{lines}\n"
             "Use the same preset/options to resume, or a new --out folder to start afresh.")
+
+
+class RunLock:
+    """An exclusive lock on a run folder (fcntl.flock on FOLDER/.lock), so that two
+    trainers never write the same checkpoint. Released on release(), on exit of a `with`
+    block, or when the process dies.
+
+        with RunLock(out_dir):
+            ...                                   # RunLocked if another process holds it
+    """
+
+    def __init__(self, folder: str):
+        self.folder, self.path, self.fd = folder, os.path.join(folder, LOCK_NAME), None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+        if os.path.exists(self.folder) and not os.path.isdir(self.folder):
+            raise RunLocked(f"{self.folder}: exists and is not a folder")
+        os.makedirs(self.folder, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _umask_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise RunLocked(f"{self.folder} is in use by another training run"
+                            f"{' (process ' + holder + ')' if holder else ''}: wait for it to "
+                            f"finish or stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            import fcntl
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

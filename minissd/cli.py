@@ -3,13 +3,20 @@
 Each command lives in the module that implements it. That module defines
 `add_arguments(parser)` and `run(args)`; this file only routes to it, importing the
 module lazily so that `--help` is fast.
+
+Known user errors (a bad argument, data folder or checkpoint; a full disk; a locked run
+folder; a diverged run) print one line naming the file or argument and exit with status
+1; `--debug` shows the traceback instead. The argument types below (`positive`,
+`non_negative`) refuse zero, negative and absurd sizes at parse time.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
+import tempfile
 
 # command -> (module, one-line help)
 COMMANDS = {
@@ -22,11 +29,116 @@ COMMANDS = {
     "plot": ("minissd.logs", "draw the training curves of a run folder's log.jsonl into curves.png"),
 }
 
+EXAMPLES = {
+    "quickstart": "python -m minissd quickstart --preset smoke --iters 50 --out quickstart",
+    "make-data": "python -m minissd make-data --category cars --split train --scenes 64 --views 50 "
+                 "--out data/cars_train",
+    "train": "python -m minissd train --preset laptop --data data/cars_train --out runs/ss\n"
+             "  python -m minissd train --preset laptop --data data/cars_train --out runs/ss --resume\n"
+             "  python -m minissd train --preset smoke --set code_res=16 --set lr_code=5e-3 "
+             "--data data/cars_train --out runs/small",
+    "sample": "python -m minissd sample --ckpt runs/ss/model.pt --n 8 --out samples/",
+    "reconstruct": "python -m minissd reconstruct --ckpt runs/ss/model.pt --data data/cars_test "
+                   "--input-views 64 --out recon/",
+    "evaluate": "python -m minissd evaluate --ckpt runs/ss/model.pt --data data/cars_test "
+                "--task recon --ablation A0 --json a0.json",
+}
 
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows every flag's default (unless its help already says it, or there is
+    none to show: a switch, a required flag), and the examples as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        empty = action.default is None or action.default is False or action.default == [] \
+            or action.default == argparse.SUPPRESS
+        if "default" not in text and not empty and action.option_strings and not action.required:
+            text += f" (default: {action.default})"
+        return text
+
+
+def version() -> str:
+    """The installed package's version (package metadata), else minissd.__version__."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version as meta_version
+        return meta_version("minissd")
+    except (ImportError, PackageNotFoundError):
+        from minissd import __version__
+        return __version__
+
+
+# ---------------------------------------------------------------- argument types ----
+def positive(at_most: int | None = None):
+    """An argparse type: an integer >= 1 (and <= at_most)."""
+    return _int_type(1, at_most)
+
+
+def non_negative(at_most: int | None = None):
+    """An argparse type: an integer >= 0 (and <= at_most)."""
+    return _int_type(0, at_most)
+
+
+def _int_type(low: int, high: int | None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{v}: must be at least {low}")
+        if high is not None and v > high:
+            raise argparse.ArgumentTypeError(f"{v}: must be at most {high}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def require_positive(args, *names) -> None:
+    """UserError for the first optional integer argument in `names` that is given and
+    below 1 (for flags whose type the command declares as plain int)."""
+    from .errors import UserError
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise UserError(f"--{name.replace('_', '-')} {v}: must be at least 1")
+
+
+# -------------------------------------------------------------- output locations ----
+def writable_dir(path: str, flag: str) -> str:
+    """Create folder `path` if needed and check a file can be written in it, before any
+    work is done; UserError naming `flag` otherwise."""
+    from .errors import UserError
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag} {path}: exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".tmp-probe-"):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def writable_file(path: str, flag: str) -> str:
+    """Check that file `path` can be written (its folder exists or can be made, it is
+    not a folder); UserError naming `flag` otherwise."""
+    from .errors import UserError
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path}: is a folder, expected a file name")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path}: file is not writable")
+    writable_dir(os.path.dirname(os.path.abspath(path)), flag)
+    return path
+
+
+# ------------------------------------------------------------------------ routing ----
 def build_parser(available_only: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m minissd",
-        description="minissd: Single-Stage Diffusion NeRF, small and readable.")
+        description="minissd: Single-Stage Diffusion NeRF, small and readable.",
+        epilog="Run `python -m minissd <command> --help` for a command's flags.")
+    parser.add_argument("--version", action="version", version=f"minissd {version()}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (module_name, help_text) in COMMANDS.items():
         if available_only and importlib.util.find_spec(module_name) is None:
@@ -36,19 +148,47 @@ def build_parser(available_only: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The full parser of one command: its module's flags, --debug, help with defaults."""
+    module = importlib.import_module(COMMANDS[name][0])
+    p = argparse.ArgumentParser(prog=f"python -m minissd {name}", description=COMMANDS[name][1],
+                                formatter_class=HelpFormatter,
+                                epilog="example:\n  " + EXAMPLES[name] if name in EXAMPLES else None)
+    module.add_arguments(p)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return p
+
+
+def user_error_types() -> tuple:
+    """Exceptions the command line reports as one line: bad input, bad checkpoint, disk."""
+    from .errors import TrainingDiverged, UserError
+    return (UserError, ValueError, OSError, TrainingDiverged)
+
+
+def error_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e) or type(e).__name__
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     # parse the command name first, then let its module add its own arguments
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    if not argv or argv[0] in ("-h", "--help", "--version") or argv[0] not in COMMANDS:
         parser.parse_args(argv or ["--help"])
         return 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    p = argparse.ArgumentParser(prog=f"python -m minissd {argv[0]}",
-                                description=COMMANDS[argv[0]][1])
-    module.add_arguments(p)
+    p = command_parser(argv[0])
     args = p.parse_args(argv[1:])
-    return module.run(args) or 0
+    debug = args.__dict__.pop("debug")
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    try:
+        return module.run(args) or 0
+    except user_error_types() as e:
+        if debug:
+            raise
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ checkpoint made with a different config raises a clear error (see checkpoint.py)
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -98,6 +100,11 @@ class Config:
         fixed = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v)
                  if isinstance(v, list) else v for k, v in d.items()}
         return cls(**fixed)
+
+    def validate(self) -> "Config":
+        """Raise ValueError naming the first field with an impossible value; returns self."""
+        validate(self)
+        return self
 
 
 @dataclass(frozen=True)
@@ -213,10 +220,114 @@ PRESETS["paper-recon"] = replace(PRESETS["paper"], name="paper-recon", unet_drop
 
 
 def get_preset(name: str, **overrides) -> Config:
-    """The preset `name` with keyword overrides, e.g. get_preset('smoke', iters=5)."""
+    """The preset `name` with keyword overrides, e.g. get_preset('smoke', iters=5).
+    Overrides are validated (see `validate`): a NaN learning rate is refused here."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
+    unknown = set(overrides) - set(FIELD_TYPES)
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}; valid keys: "
+                         f"{', '.join(FIELD_TYPES)}")
+    return validate(replace(PRESETS[name], **overrides))
+
+
+# ----------------------------------------------------------------- validation ----
+FIELD_TYPES = {f.name: f.type for f in fields(Config)}     # "int", "float", "str", "tuple"
+POSITIVE = ("image_res", "data_scenes", "data_views", "code_ch", "code_res", "dec_hidden",
+            "n_samples", "occ_grid_res", "scenes_per_batch", "rays_per_scene", "lr_code",
+            "lr_decoder", "lr_denoiser", "c_rend", "T", "c_diff", "unet_base", "unet_res_blocks",
+            "unet_groups", "x0_ema_momentum", "ddim_steps", "diff_steps", "iters", "ckpt_every")
+NON_NEGATIVE = ("views_per_scene", "code_reg", "near_min", "occ_threshold", "occ_warmup",
+                "warmup", "stage1_tv", "omega", "unet_dropout", "ema_beta", "ema_rampup",
+                "diff_batch", "seed")
+AT_MOST = {"image_res": 4096, "code_res": 1024, "occ_grid_res": 1024, "n_samples": 4096,
+           "rays_per_scene": 1 << 20, "scenes_per_batch": 1 << 16, "T": 100_000,
+           "ddim_steps": 100_000, "unet_dropout": 0.999, "ema_beta": 1.0, "x0_ema_momentum": 1.0}
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field's type and range; raise ValueError naming the field. Returns cfg."""
+    for name, kind in FIELD_TYPES.items():
+        v = getattr(cfg, name)
+        ok = {"int": lambda x: isinstance(x, int) and not isinstance(x, bool),
+              "float": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+              "str": lambda x: isinstance(x, str),
+              "tuple": lambda x: isinstance(x, (tuple, list))}[kind](v)
+        if not ok:
+            raise ValueError(f"config {name}={v!r}: expected {kind}")
+        if kind in ("int", "float"):
+            if not math.isfinite(v):
+                raise ValueError(f"config {name}={v!r}: must be a finite number")
+            if name in POSITIVE and v <= 0:
+                raise ValueError(f"config {name}={v!r}: must be positive")
+            if name in NON_NEGATIVE and v < 0:
+                raise ValueError(f"config {name}={v!r}: must not be negative")
+            if name in AT_MOST and v > AT_MOST[name]:
+                raise ValueError(f"config {name}={v!r}: at most {AT_MOST[name]}")
+    if cfg.schedule not in ("linear", "cosine"):
+        raise ValueError(f"config schedule={cfg.schedule!r}: must be 'linear' or 'cosine'")
+    for name in ("unet_mults", "unet_attn_res"):
+        if not all(isinstance(x, int) and x > 0 for x in getattr(cfg, name)):
+            raise ValueError(f"config {name}={getattr(cfg, name)!r}: positive integers expected")
+    sched = cfg.k_in_schedule
+    if not sched or not all(len(p) == 2 and all(isinstance(x, int) for x in p) and p[1] > 0
+                            for p in sched):
+        raise ValueError(f"config k_in_schedule={sched!r}: expected ((from_iter, K_in), ...) "
+                         "with K_in > 0")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'key=value' -> (key, typed value), checked against Config's field type:
+    int and float fields take numbers, tuple fields JSON lists ('[[0, 4], [10, 2]]')."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep:
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE")
+    if key not in FIELD_TYPES:
+        raise ValueError(f"--set {key}: unknown config key; valid keys: {', '.join(FIELD_TYPES)}")
+    return key, coerce(key, raw.strip(), f"--set {key}")
+
+
+def coerce(key: str, value, where: str):
+    """`value` (a string from the command line, or a JSON value) as Config field `key`'s type."""
+    kind = FIELD_TYPES[key]
+    try:
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if isinstance(value, str) and kind in ("int", "float", "tuple"):
+            value = json.loads(value) if kind == "tuple" else value
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value, 10)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError
+        return tuple(tuple(x) if isinstance(x, (list, tuple)) else x for x in value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{where}: {value!r} is not a valid {kind} for config field {key}") from None
+
+
+def load_config_file(path: str) -> dict:
+    """The typed overrides of a JSON config file ({"code_res": 16, ...}); unknown keys refused."""
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--config {path}: cannot read a JSON config ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of config fields")
+    unknown = sorted(set(raw) - set(FIELD_TYPES))
+    if unknown:
+        raise ValueError(f"--config {path}: unknown config keys {unknown}; valid keys: "
+                         f"{', '.join(FIELD_TYPES)}")
+    return {k: coerce(k, v, f"--config {path}") for k, v in raw.items()}
 
 
 def fast_mode() -> bool:

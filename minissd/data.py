@@ -16,7 +16,11 @@ exactly by the size ratio), and the normalisation of the official loader: transl
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import os
+import stat
+import zipfile
 
 import numpy as np
 import torch
@@ -26,10 +30,28 @@ from tqdm.auto import tqdm
 
 SCALE = 0.5                                   # raw SRN units per minissd unit
 IMAGE_EXT = (".png", ".jpg", ".jpeg")
+MAX_IMAGE_SIDE = 8192                         # larger images are refused before decoding
+MAX_TRANSLATION = 1e3                         # raw units; SRN cameras sit at ~1.3
+
+
+def _is_regular(path):
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _stems(folder, exts):
-    return sorted(f for f in os.listdir(folder) if f.lower().endswith(exts))
+    """Sorted names of the regular files in folder ending in exts; folders, FIFOs and
+    other special files are skipped (reading a FIFO would hang)."""
+    return sorted(f for f in os.listdir(folder)
+                  if f.lower().endswith(exts) and _is_regular(os.path.join(folder, f)))
+
+
+def _skipped(folder, exts):
+    """Entries of folder ending in exts that are not regular files."""
+    return sorted(f for f in os.listdir(folder)
+                  if f.lower().endswith(exts) and not _is_regular(os.path.join(folder, f)))
 
 
 def read_intrinsics(path: str):
@@ -44,7 +66,7 @@ def read_intrinsics(path: str):
     except (OSError, IndexError, ValueError) as e:
         raise ValueError(f"{path}: malformed SRN intrinsics (expected 'f cx cy 0', "
                          f"'0. 0. 0.', '1.', 'H W'): {e}") from None
-    if f <= 0 or cx <= 0 or cy <= 0:
+    if not all(math.isfinite(v) for v in (f, cx, cy)) or f <= 0 or cx <= 0 or cy <= 0:
         raise ValueError(f"{path}: focal length and principal point must be positive, "
                          f"got f={f} cx={cx} cy={cy}")
     return f, cx, cy, hw
@@ -57,6 +79,8 @@ def read_pose(path: str) -> torch.Tensor:
             vals = [float(x) for x in fh.read().split()]
     except ValueError as e:
         raise ValueError(f"{path}: pose is not numeric: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read pose: {e}") from None
     if len(vals) != 16:
         raise ValueError(f"{path}: pose must have 16 numbers (4x4 c2w), found {len(vals)}")
     c2w = torch.tensor(vals, dtype=torch.float64).reshape(4, 4)
@@ -67,24 +91,51 @@ def read_pose(path: str) -> torch.Tensor:
             or (c2w[3] - torch.tensor([0.0, 0, 0, 1], dtype=R.dtype)).abs().max() > 1e-6):
         raise ValueError(f"{path}: pose is not a rigid transform (rotation must be "
                          f"orthonormal with det +1, last row 0 0 0 1)")
+    if c2w[:3, 3].abs().max() > MAX_TRANSLATION:
+        raise ValueError(f"{path}: camera translation {c2w[:3, 3].tolist()} is implausibly "
+                         f"far (more than {MAX_TRANSLATION:g} units from the object)")
     return c2w.float()
 
 
-def read_image(path: str) -> torch.Tensor:
-    """(H, W, 3) float in [0, 1]; RGBA / LA are composited onto white."""
+def read_image(path: str, size: tuple | None = None) -> torch.Tensor:
+    """(H, W, 3) float in [0, 1]; RGBA / LA are composited onto white, grayscale becomes
+    RGB. The header is checked before decoding: at most MAX_IMAGE_SIDE pixels a side,
+    and (H, W) == `size` when given."""
     try:
         img = Image.open(path)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read image: {e}") from None
+    hw = (img.size[1], img.size[0])
+    if max(hw) > MAX_IMAGE_SIDE:
+        raise ValueError(f"{path}: image of {hw[1]}x{hw[0]} pixels is larger than "
+                         f"{MAX_IMAGE_SIDE} a side")
+    if size is not None and hw != tuple(size):
+        raise ValueError(f"{path}: image size {hw} differs from the scene's first image "
+                         f"{tuple(size)}")
+    try:
         img.load()
     except Exception as e:
         raise ValueError(f"{path}: cannot read image: {e}") from None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255
         rgb = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
-    elif img.mode in ("RGB", "P"):
+    elif img.mode in ("RGB", "P", "L", "1"):
         rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
     else:
-        raise ValueError(f"{path}: expected an RGB or RGBA image, got mode {img.mode}")
+        raise ValueError(f"{path}: expected an RGB(A) or grayscale(+alpha) image, got mode "
+                         f"{img.mode}")
     return torch.from_numpy(np.ascontiguousarray(rgb))
+
+
+def _mismatch(d, imgs, poses) -> str:
+    """' (no pose for 000002.png, ...)': which files lack a partner, for error messages."""
+    a = {os.path.splitext(f)[0]: f for f in imgs}
+    b = {os.path.splitext(f)[0]: f for f in poses}
+    bits = [f"no pose for rgb/{a[k]}" for k in sorted(set(a) - set(b))[:3]]
+    bits += [f"no image for pose/{b[k]}" for k in sorted(set(b) - set(a))[:3]]
+    bits += [f"{os.path.join(d, sub, f)} is not a regular file" for sub, exts in (("rgb", IMAGE_EXT), ("pose", (".txt",)))
+             for f in _skipped(os.path.join(d, sub), exts)[:3]]
+    return f" ({'; '.join(bits)})" if bits else ""
 
 
 def write_scene(scene_dir, images, c2w, K, points, colors):
@@ -151,7 +202,8 @@ class SRNDataset:
             raise ValueError(f"{os.path.join(d, 'intrinsics.txt')}: missing intrinsics file")
         imgs, poses = _stems(os.path.join(d, "rgb"), IMAGE_EXT), _stems(pose_dir, (".txt",))
         if len(imgs) != len(poses):
-            raise ValueError(f"{d}: {len(imgs)} images in rgb/ but {len(poses)} poses in pose/")
+            raise ValueError(f"{d}: {len(imgs)} images in rgb/ but {len(poses)} poses in pose/"
+                             + _mismatch(d, imgs, poses))
         if not imgs:
             raise ValueError(f"{os.path.join(d, 'rgb')}: no images")
         for a, b in zip(imgs, poses):
@@ -165,6 +217,39 @@ class SRNDataset:
     def __len__(self):
         return len(self.names)
 
+    def view_counts(self) -> list[int]:
+        """Views of each scene, from the file lists (no image is read)."""
+        return [len(imgs) for imgs, _ in self.files]
+
+    def common_view_count(self) -> int:
+        """The views every scene has; ValueError naming the first scene that differs
+        from the most common count (training stacks all scenes with the same views)."""
+        counts = self.view_counts()
+        common = max(set(counts), key=lambda c: (counts.count(c), c == counts[0]))
+        ref = self.dirs[counts.index(common)]
+        for d, n in zip(self.dirs, counts):
+            if n != common:
+                others = counts.count(common) - 1
+                raise ValueError(f"{d}: has {n} views, but {ref}{f' (and {others} more)' if others else ''} "
+                                 f"has {common}; every training scene needs the same number of "
+                                 "views")
+        return common
+
+    def fingerprint(self) -> str:
+        """A short hash of the dataset: scene names, file names and sizes, poses and
+        intrinsics (files are read, images are not decoded)."""
+        h = hashlib.sha1()
+        for name, d, (imgs, poses) in zip(self.names, self.dirs, self.files):
+            h.update(f"scene {name}\n".encode())
+            for rel in ([os.path.join("rgb", f) for f in imgs]
+                        + [os.path.join("pose", f) for f in poses] + ["intrinsics.txt"]):
+                path = os.path.join(d, rel)
+                h.update(f"{rel} {os.path.getsize(path)}\n".encode())
+                if not rel.startswith("rgb"):
+                    with open(path, "rb") as fh:
+                        h.update(fh.read())
+        return h.hexdigest()[:12]
+
     def __getitem__(self, i):
         d, (imgs, poses) = self.dirs[i], self.files[i]
         ids = list(range(len(imgs))) if self.views is None else self.views
@@ -172,12 +257,8 @@ class SRNDataset:
         images, c2ws, size = [], [], None
         for v in ids:
             path = os.path.join(d, "rgb", imgs[v])
-            img = read_image(path)
-            if size is None:
-                size = img.shape[:2]
-            elif img.shape[:2] != size:
-                raise ValueError(f"{path}: image size {tuple(img.shape[:2])} differs from "
-                                 f"the scene's first image {tuple(size)}")
+            img = read_image(path, size)
+            size = img.shape[:2]
             images.append(img)
             c2ws.append(read_pose(os.path.join(d, "pose", poses[v])))
         images, c2w = torch.stack(images), torch.stack(c2ws)      # (V,H,W,3), (V,4,4)
@@ -212,6 +293,9 @@ class SRNDataset:
         if not (0 < cx * sx < W and 0 < cy * sy < H):
             raise ValueError(f"{path}: principal point ({cx * sx:.1f}, {cy * sy:.1f}) lies "
                              f"outside the {W}x{H} image")
+        if not W / 100 < f * sx < 100 * W:
+            raise ValueError(f"{path}: focal length {f * sx:.4g} px is implausible for a "
+                             f"{W}x{H} image (field of view under 1 degree or over 179)")
         return torch.tensor([[f * sx, 0.0, cx * sx], [0.0, f * sy, cy * sy], [0.0, 0.0, 1.0]])
 
     def stack(self, progress=False):
@@ -234,10 +318,17 @@ class SRNDataset:
         path = os.path.join(self.dirs[i], "surface.npz")
         if not os.path.isfile(path):
             return None
-        with np.load(path) as z:
-            if "points" not in z or "colors" not in z:
-                raise ValueError(f"{path}: needs arrays 'points' and 'colors'")
-            pts, cols = torch.from_numpy(z["points"]).float(), torch.from_numpy(z["colors"]).float()
+        try:
+            with np.load(path) as z:
+                if "points" not in z or "colors" not in z:
+                    raise ValueError(f"{path}: needs arrays 'points' and 'colors'")
+                pts, cols = torch.from_numpy(z["points"]).float(), torch.from_numpy(z["colors"]).float()
+        except (OSError, EOFError, zipfile.BadZipFile, AttributeError, TypeError) as e:
+            raise ValueError(f"{path}: damaged surface.npz, cannot read it ({e})") from None
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(path) else
+                             f"{path}: damaged surface.npz, cannot read it ({e})") from None
         if pts.ndim != 2 or pts.shape[1] != 3 or cols.shape != pts.shape:
             raise ValueError(f"{path}: points and colors must both be (P, 3)")
         return (pts / SCALE if self.normalize else pts), cols

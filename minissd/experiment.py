@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -96,6 +96,13 @@ class Model:
                    list(tr.data.get("names", [])), list(tr.log), dict(meta or {}))
 
     def save(self, path: str) -> str:
+        """Write the model file atomically; refuse one with NaN/inf tensors."""
+        bad = ckpt.nonfinite({"decoder": self.decoder.state_dict(), "codes": self.codes,
+                              "prior": {k: v.half() if v.is_floating_point() else v
+                                        for k, v in self.prior.state_dict().items()}})
+        if bad:
+            raise ckpt.CheckpointError(f"{path}: not written, the model has non-finite "
+                                       f"values in {', '.join(bad[:5])}")
         return ckpt.save_atomic(path, {
             "format": MODEL_FORMAT, "config": self.cfg.to_dict(), "mode": self.mode,
             "decoder": self.decoder.state_dict(),
@@ -110,6 +117,10 @@ class Model:
         if sd["format"] != MODEL_FORMAT:
             raise ckpt.CheckpointError(f"{path}: format {sd['format']!r}, expected {MODEL_FORMAT!r}"
                                        " (a training checkpoint? use Trainer.resume)")
+        bad = ckpt.nonfinite({k: sd.get(k) for k in ("decoder", "prior", "codes")})
+        if bad:
+            raise ckpt.CheckpointError(f"{path}: the model holds NaN/inf values in "
+                                       f"{', '.join(bad[:5])} (training diverged?)")
         cfg = Config.from_dict(sd["config"])
         dec, prior = TriplaneDecoder(cfg.code_ch, cfg.dec_hidden), DiffusionPrior(cfg)
         dec.load_state_dict(sd["decoder"])
@@ -131,23 +142,40 @@ def load_training_data(data_dir: str, cfg: Config, device="cpu") -> dict:
     """The stacked training scenes of an SRN folder at cfg.image_res, restricted to
     cfg.views_per_scene fixed views (0 = all)."""
     probe = SRNDataset(data_dir, resolution=cfg.image_res)
-    n_views = len(probe[0]["view_ids"])
+    n_views = probe.common_view_count()
     views = sparse_view_ids(n_views, cfg.views_per_scene)
     ds = SRNDataset(data_dir, resolution=cfg.image_res, views=views)
     data = ds.stack()
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in data.items()}
 
 
+def data_id(data_dir: str, n_scenes: int) -> str:
+    """'folder:N:fingerprint' of a training folder; the fingerprint hashes the file list,
+    image sizes, poses and intrinsics, so resuming on other data is refused."""
+    fp = SRNDataset(data_dir).fingerprint()
+    return f"{os.path.basename(os.path.normpath(data_dir))}:{n_scenes}:{fp}"
+
+
 def train_run(cfg: Config, data_dir: str, mode: str, out_dir: str, device=None,
-              resume: bool = True, progress: bool = True, stop_after: int | None = None):
-    """Train (or resume) a run in out_dir; returns the Trainer."""
-    device = pick_device(device)
-    data = load_training_data(data_dir, cfg, device)
-    tr = Trainer(cfg, data, mode=mode, device=device, out_dir=out_dir,
-                 data_id=f"{os.path.basename(os.path.normpath(data_dir))}:{len(data['names'])}")
-    if resume and tr.resume() and progress:
-        print(f"resumed {out_dir} at iteration {tr.it}/{tr.total_iters}")
-    tr.train(progress=progress, stop_after=stop_after)
+              resume: bool = True, progress: bool = True, stop_after: int | None = None,
+              lock: ckpt.RunLock | None = None):
+    """Train (or resume) a run in out_dir, holding its RunLock (`lock`, or one taken
+    here); returns the Trainer."""
+    cfg.validate()
+    own = None if lock is not None else ckpt.RunLock(out_dir).acquire()
+    try:
+        device = pick_device(device)
+        data = load_training_data(data_dir, cfg, device)
+        tr = Trainer(cfg, data, mode=mode, device=device, out_dir=out_dir,
+                     data_id=data_id(data_dir, len(data["names"])))
+        tr.run_lock = lock or own
+        if resume and tr.resume() and progress:
+            print(f"resumed {out_dir} at iteration {tr.it}/{tr.total_iters}")
+        tr.train(progress=progress, stop_after=stop_after)
+        tr.run_lock = None
+    finally:
+        if own is not None:
+            own.release()
     return tr
 
 
@@ -201,32 +229,60 @@ def load_or_train(mode: str = "single-stage", cfg: Config | None = None, categor
 
 # ------------------------------------------------------------------ command line ----
 def add_arguments(p):
-    p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"])
-    p.add_argument("--mode", default="single-stage", choices=list(MODES))
+    from .cli import non_negative, positive
+    p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"],
+                   help="starting config (config.py); --config and --set change it")
+    p.add_argument("--mode", default="single-stage", choices=list(MODES),
+                   help="single-stage SSDNeRF, or the two-stage baseline")
     p.add_argument("--data", required=True, help="SRN-format folder of training scenes")
-    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.jsonl, model.pt)")
-    p.add_argument("--iters", type=int, help="outer iterations (per stage for two-stage)")
-    p.add_argument("--views-per-scene", type=int, help="fixed views per scene (3 = sparse); 0 = all")
+    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.jsonl, "
+                   "config.json, model.pt)")
+    p.add_argument("--iters", type=positive(10**9),
+                   help="outer iterations (per stage for two-stage); default: the preset's")
+    p.add_argument("--views-per-scene", type=non_negative(10**6),
+                   help="fixed views per scene (3 = sparse); 0 = all; default: the preset's")
+    p.add_argument("--config", metavar="JSON", help="a JSON file of config fields, "
+                   'e.g. {"code_res": 16}, applied on top of the preset')
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field, type-checked (repeatable): "
+                        "--set code_res=16 --set lr_code=5e-3")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed; default: the preset's (0)")
+
+
+def config_from_args(args) -> Config:
+    """preset, then --config FILE, then each --set, then --iters/--views-per-scene/--seed;
+    every value type-checked and the result validated."""
+    from .config import load_config_file, parse_override
+    over = load_config_file(args.config) if args.config else {}
+    over.update(parse_override(s) for s in args.set)
+    over.update({k: v for k, v in (("iters", args.iters), ("views_per_scene", args.views_per_scene),
+                                   ("seed", args.seed)) if v is not None})
+    name = over.pop("name", None)                 # get_preset's own first argument
+    cfg = get_preset(args.preset, **over)
+    return cfg if name is None else replace(cfg, name=name).validate()
 
 
 def run(args):
-    over = {k: v for k, v in (("iters", args.iters), ("views_per_scene", args.views_per_scene),
-                              ("seed", args.seed)) if v is not None}
-    cfg = get_preset(args.preset, **over)
+    from .cli import writable_dir
+    cfg = config_from_args(args)
     if not os.path.isdir(args.data):
         raise SystemExit(f"--data {args.data}: no such folder")
-    if os.path.exists(os.path.join(args.out, "checkpoint.pt")) and not args.resume:
-        raise SystemExit(f"{args.out} already holds a checkpoint: pass --resume to continue it, "
-                         "or choose another --out")
-    t0 = time.time()
-    tr = train_run(cfg, args.data, args.mode, args.out, device=args.device, resume=args.resume)
-    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-             for k, v in vars(args).items() if v not in (None, False)]
-    model = Model.from_trainer(tr, meta={"command": "python -m minissd train " + " ".join(flags),
-        "wall_s_last_session": round(time.time() - t0, 1), "device": str(tr.device)})
-    path = model.save(os.path.join(args.out, "model.pt"))
+    writable_dir(args.out, "--out")
+    with ckpt.RunLock(args.out) as lock:
+        if os.path.exists(os.path.join(args.out, "checkpoint.pt")) and not args.resume:
+            raise SystemExit(f"{args.out} already holds a checkpoint: pass --resume to continue it, "
+                             "or choose another --out")
+        ckpt.write_atomic(os.path.join(args.out, "config.json"),
+                          lambda f: f.write(json.dumps(cfg.to_dict(), indent=1) + "\n"), binary=False)
+        t0 = time.time()
+        tr = train_run(cfg, args.data, args.mode, args.out, device=args.device, resume=args.resume,
+                       lock=lock)
+        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                 for k, v in vars(args).items() if v not in (None, False, [])]
+        model = Model.from_trainer(tr, meta={"command": "python -m minissd train " + " ".join(flags),
+            "wall_s_last_session": round(time.time() - t0, 1), "device": str(tr.device)})
+        path = model.save(os.path.join(args.out, "model.pt"))
     print(f"checkpoint: {tr.ckpt_path()}\nmodel for sampling/reconstruction: {path}\n"
-          f"log: {os.path.join(args.out, 'log.jsonl')}")
+          f"log: {os.path.join(args.out, 'log.jsonl')}\nconfig: {os.path.join(args.out, 'config.json')}")

@@ -155,26 +155,32 @@ def nearest_training(model, codes: torch.Tensor, by: str = "code", c2w: torch.Te
 
 # ------------------------------------------------------------------ command line ----
 def add_arguments(p):
+    from .cli import non_negative, positive
     p.add_argument("--ckpt", required=True, help="model file written by `python -m minissd train`")
-    p.add_argument("--n", type=int, default=8, help="number of samples")
+    p.add_argument("--n", type=positive(10_000), default=8, help="number of samples")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, help="DDIM steps (default: the model's cfg.ddim_steps)")
-    p.add_argument("--frames", type=int, default=24, help="turntable frames")
-    p.add_argument("--res", type=int, help="render resolution (default: training images)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=positive(100_000),
+                   help="DDIM steps (default: the model's cfg.ddim_steps)")
+    p.add_argument("--frames", type=positive(3600), default=24, help="turntable frames")
+    p.add_argument("--res", type=positive(2048), help="render resolution (default: training images)")
+    p.add_argument("--seed", type=non_negative(), default=0, help="sampling seed")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
 
 
 def run(args):
+    from .cli import writable_dir
     from .config import pick_device
+    from .errors import TrainingDiverged
     from .experiment import Model
     if not os.path.isfile(args.ckpt):
         raise SystemExit(f"--ckpt {args.ckpt}: no such file")
+    writable_dir(args.out, "--out")
     model = Model.load(args.ckpt, device=pick_device(args.device))
     gen = torch.Generator(model.codes.device).manual_seed(args.seed)
     codes = sample_codes(model, args.n, args.steps, gen, progress=True)
+    if not torch.isfinite(codes).all():
+        raise TrainingDiverged(f"{args.ckpt}: sampling produced NaN/inf codes; nothing written")
     frames = turntable(model, codes, args.frames, res=args.res, progress=True)   # (n, F, H, W, 3)
-    os.makedirs(args.out, exist_ok=True)
     for i in range(args.n):
         save_gif(frames[i], os.path.join(args.out, f"sample_{i:03d}.gif"))
     step = max(1, args.frames // 8)

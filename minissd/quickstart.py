@@ -41,11 +41,13 @@ def contact_sheet(data_dir: str, path: str, n_scenes: int = 16, views=(0, 1, 2, 
 
 
 def add_arguments(p):
-    p.add_argument("--out", default="quickstart", help="output folder (default: ./quickstart)")
-    p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"])
-    p.add_argument("--iters", type=int, default=150,
-                   help="outer iterations of your own training run (default: 150)")
-    p.add_argument("--scenes", type=int, default=32, help="training cars")
+    from .cli import positive
+    p.add_argument("--out", default="quickstart", help="output folder")
+    p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"],
+                   help="config preset (config.py)")
+    p.add_argument("--iters", type=positive(10**9), default=150,
+                   help="outer iterations of your own training run")
+    p.add_argument("--scenes", type=positive(100_000), default=32, help="training cars")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
 
 

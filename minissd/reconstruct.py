@@ -25,7 +25,6 @@ finetuning schedule. Pass `tcfg=` to override it for one call.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -196,29 +195,35 @@ def save_figure(result: dict, path: str, n_novel: int = 6, title: str = "") -> s
 def add_arguments(p):
     p.add_argument("--ckpt", required=True, help="model file written by `python -m minissd train`")
     p.add_argument("--data", required=True, help="SRN-format folder of test scenes")
-    p.add_argument("--input-views", type=int, nargs="+", default=[64],
+    from .cli import non_negative, positive
+    p.add_argument("--input-views", type=non_negative(), nargs="+", default=[64],
                    help="input view ids (SRN: 64 for 1 view, 64 104 for 2)")
-    p.add_argument("--finetune", default="rend+diff", choices=["rend+diff", "rend", "none"])
+    p.add_argument("--finetune", default="rend+diff", choices=["rend+diff", "rend", "none"],
+                   help="test-time finetuning after guided sampling (eq. 7)")
     p.add_argument("--out", required=True, help="output folder (figures, metrics.json)")
-    p.add_argument("--scenes", type=int, help="reconstruct only the first N scenes")
+    p.add_argument("--scenes", type=positive(), help="reconstruct only the first N scenes (default: all)")
     p.add_argument("--lambda-gd", type=float,
                    help="guidance scale (default: the model's test-time config, lambda_gd)")
     p.add_argument("--steps", type=int, help="DDIM steps (default: the test-time recon_steps, "
                    "0 = 1.5 x cfg.ddim_steps)")
     p.add_argument("--test-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a test-time setting of config.TestConfig, e.g. ft_c_diff=4")
-    p.add_argument("--max-eval", type=int, help="evaluate on at most N held-out views per scene")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-eval", type=positive(), help="evaluate on at most N held-out views per scene")
+    p.add_argument("--seed", type=non_negative(), default=0, help="sampling seed (scene i: seed + i)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
 
 
 def run(args):
+    from .cli import require_positive, writable_dir
     from .config import pick_device
     from .data import SRNDataset
+    from .evaluate import write_json
     from .experiment import Model
+    require_positive(args, "steps")
     for flag, path, ok in (("--ckpt", args.ckpt, os.path.isfile), ("--data", args.data, os.path.isdir)):
         if not ok(path):
             raise SystemExit(f"{flag} {path}: not found")
+    writable_dir(args.out, "--out")
     model = Model.load(args.ckpt, device=pick_device(args.device))
     model.test = model.test.with_overrides(
         list(args.test_set) + ([f"recon_steps={args.steps}"] if args.steps else []))
@@ -245,8 +250,7 @@ def run(args):
                "lambda_gd": args.lambda_gd or model.test.lambda_gd,
                "psnr": sum(r["psnr"] for r in rows) / len(rows),
                "ssim": sum(r["ssim"] for r in rows) / len(rows), "scenes": rows}
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(summary, os.path.join(args.out, "metrics.json"))      # NaN -> null
     print(f"{n} scenes: PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.3f} "
           f"-> {os.path.join(args.out, 'metrics.json')}")
     return 0

@@ -55,6 +55,7 @@ from .autodecoder import code_step, sample_rays
 from .config import Config
 from .decoder import TriplaneDecoder
 from .diffusion import DiffusionPrior, prior_gradient
+from .errors import TrainingDiverged
 from .ema import ema_beta_at, ema_copy, ema_update
 from .occupancy import OccupancyGrid
 from .triplane import CodeBank, code_activation, code_inverse_activation, make_field
@@ -279,22 +280,59 @@ class Trainer:
         self.log.append(row)
         return row
 
-    def train(self, iters: int | None = None, progress: bool = True, stop_after: int | None = None):
+    def train(self, iters: int | None = None, progress: bool = True, stop_after: int | None = None,
+              log_every: int = 10):
         """Run until `total_iters` (or `stop_after` more iterations), checkpointing
-        atomically every cfg.ckpt_every iterations and at the end."""
+        atomically every cfg.ckpt_every iterations and at the end, and appending the new
+        rows to out_dir/log.jsonl every `log_every` iterations.
+
+        The run folder is locked for the whole call (errors.RunLocked if another trainer
+        holds it). A NaN or infinite loss (or, at a checkpoint, parameter) stops training
+        with errors.TrainingDiverged before anything is saved: the last good checkpoint
+        is kept, and the log shows the rows up to the bad one."""
+        if log_every < 1:
+            raise ValueError(f"log_every must be positive, got {log_every}")
         end = self.total_iters if iters is None else iters
         if stop_after is not None:
             end = min(end, self.it + stop_after)
-        bar = tqdm(total=end, initial=self.it, disable=not progress, desc=self.mode)
-        while self.it < end:
-            row = self.outer_step()
-            bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss_rend", "loss_diff")
-                             if not math.isnan(row[k])}, refresh=False)
-            bar.update(1)
-            if self.out_dir and (self.it % self.cfg.ckpt_every == 0 or self.it == end):
-                self.save()
-        bar.close()
+        own_lock = None
+        if self.out_dir and getattr(self, "run_lock", None) is None:
+            own_lock = self.run_lock = ckpt.RunLock(self.out_dir).acquire()
+        try:
+            if self.out_dir:
+                ckpt.remove_orphans(self.out_dir)
+                self._log_rows_written = 0
+                self.write_log()                       # the log as of the checkpoint
+            bar = tqdm(total=end, initial=self.it, disable=not progress, desc=self.mode)
+            while self.it < end:
+                row = self.outer_step()
+                bad = diverged(row, self.cfg)
+                if bad:
+                    self._stop(bad, row)
+                bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss_rend", "loss_diff")
+                                 if not math.isnan(row[k])}, refresh=False)
+                bar.update(1)
+                if self.out_dir and (self.it % self.cfg.ckpt_every == 0 or self.it == end):
+                    self.save()
+                elif self.out_dir and self.it % log_every == 0:
+                    self.write_log(append=True)
+            bar.close()
+        finally:
+            if own_lock is not None:
+                own_lock.release()
+                self.run_lock = None
         return self.log
+
+    def _stop(self, what: str, row: dict):
+        """Raise TrainingDiverged, after writing the log up to the bad row."""
+        if self.out_dir:
+            self.write_log(append=True)
+        kept = (f"the last good checkpoint {self.ckpt_path()} is untouched"
+                if self.out_dir and os.path.exists(self.ckpt_path()) else "nothing was saved")
+        raise TrainingDiverged(
+            f"training diverged at iteration {row['iter']} ({row['phase']}): {what}; {kept}. "
+            "Lower the learning rates (e.g. --set lr_code=...) and train into a new --out, "
+            "or resume the run with --resume")
 
     # ---------------------------------------------------------- checkpoints ------
     def state_dict(self) -> dict:
@@ -314,6 +352,8 @@ class Trainer:
             raise ckpt.CheckpointError(f"{path}: format {sd.get('format')!r}, expected {FORMAT!r}")
         ckpt.check_config(path, sd["config"], self.cfg.to_dict())
         for key, want in (("mode", self.mode), ("data_id", self.data_id)):
+            if key == "data_id" and same_data(sd[key], want):
+                continue
             if sd[key] != want:
                 raise ckpt.CheckpointError(f"{path}: made with {key}={sd[key]!r}, "
                                            f"this run has {key}={want!r}")
@@ -333,31 +373,96 @@ class Trainer:
     def ckpt_path(self) -> str:
         return os.path.join(self.out_dir, "checkpoint.pt")
 
+    def log_path(self) -> str:
+        return os.path.join(self.out_dir, "log.jsonl")
+
     def save(self) -> str:
-        path = ckpt.save_atomic(self.ckpt_path(), self.state_dict())
-        write_log(os.path.join(self.out_dir, "log.jsonl"), self.log)
+        """Write checkpoint.pt and log.jsonl atomically; refuse (TrainingDiverged) when a
+        parameter is NaN or infinite, so the last good checkpoint is never replaced."""
+        sd = self.state_dict()
+        bad = ckpt.nonfinite({k: sd[k] for k in ("bank", "decoder", "prior", "ema_decoder",
+                                                 "ema_prior", "mean_code")})
+        if bad:
+            self._stop(f"non-finite parameters {', '.join(bad[:5])}",
+                       self.log[-1] if self.log else {"iter": self.it, "phase": self.phase()})
+        path = ckpt.save_atomic(self.ckpt_path(), sd)
+        self.write_log()
         return path
+
+    def write_log(self, append: bool = False) -> None:
+        """log.jsonl: the whole log (atomically), or only the rows not yet written."""
+        done = getattr(self, "_log_rows_written", 0)
+        if append and done <= len(self.log):
+            append_log(self.log_path(), self.log[done:])
+        else:
+            write_log(self.log_path(), self.log)
+        self._log_rows_written = len(self.log)
 
     def resume(self) -> bool:
         """Continue from out_dir/checkpoint.pt when it exists; True if resumed."""
         path = self.ckpt_path()
         if not os.path.exists(path):
             return False
-        self.load_state_dict(ckpt.load(path, map_location=self.device), path)
+        sd = ckpt.load(path, map_location=self.device)
+        bad = ckpt.nonfinite({k: sd.get(k) for k in ("bank", "decoder", "prior")})
+        if bad:
+            raise ckpt.CheckpointError(f"{path}: holds non-finite parameters ({', '.join(bad[:5])})")
+        self.load_state_dict(sd, path)
         return True
 
 
-def write_log(path: str, rows: list[dict]) -> None:
-    """The training log as JSON lines (one dict per outer iteration), written atomically."""
+def diverged(row: dict, cfg: Config) -> str:
+    """'' if a log row's losses are finite, else which loss is NaN/inf and its value.
+    Missing losses are NaN by design and not divergence: loss_rend in stage 2,
+    loss_diff in stage 1, loss_diff_extra when cfg.diff_steps == 1."""
+    keys = {"single-stage": ("loss_rend", "loss_diff"), "stage1": ("loss_rend",),
+            "stage2": ("loss_diff",)}[row["phase"]]
+    if cfg.diff_steps > 1 and row["phase"] != "stage1":
+        keys += ("loss_diff_extra",)
+    bad = [f"{k} = {row[k]}" for k in keys if not math.isfinite(row[k])]
+    return ", ".join(bad)
+
+
+def same_data(saved: str, wanted: str) -> bool:
+    """Data ids match; a checkpoint written before data fingerprints ('name:N') matches
+    'name:N:fingerprint'."""
+    return saved == wanted or (saved.count(":") == 1 and wanted.startswith(saved + ":"))
+
+
+def _json_row(r: dict) -> str:
+    """One log row as JSON, NaN and infinities as null (bare NaN is not JSON)."""
     import json
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
+
+
+def write_log(path: str, rows: list[dict]) -> None:
+    """The training log as JSON lines (one dict per outer iteration), written atomically;
+    missing values (NaN) are written as null."""
+    ckpt.write_atomic(path, lambda f: f.writelines(_json_row(r) for r in rows), binary=False)
+
+
+def append_log(path: str, rows: list[dict]) -> None:
+    """Append rows to a JSON-lines log (a kill mid-write leaves at most one partial last
+    line, which read_log skips and the next checkpoint rewrites)."""
+    with open(path, "a") as f:
+        f.writelines(_json_row(r) for r in rows)
+        f.flush()
 
 
 def read_log(path: str) -> list[dict]:
+    """The rows of a log.jsonl; null values read back as NaN; a truncated last line
+    (a write that was killed) is skipped."""
     import json
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+        rows.append({k: float("nan") if v is None else v for k, v in r.items()})
+    return rows
