@@ -41,7 +41,10 @@ EXAMPLES = {
     "reconstruct": "python -m minissd reconstruct --ckpt runs/ss/model.pt --data data/cars_test "
                    "--input-views 64 --out recon/",
     "evaluate": "python -m minissd evaluate --ckpt runs/ss/model.pt --data data/cars_test "
-                "--task recon --ablation A0 --json a0.json",
+                "--task recon --ablation A0 --json a0.json\n"
+                "  python -m minissd evaluate --ckpt runs/ss/model.pt --data data/cars_test "
+                "--task recon --test-set lambda_gd=30 --json a0_gd30.json",
+    "plot": "python -m minissd plot runs/ss\n  python -m minissd plot runs/ss --tensorboard",
 }
 
 

@@ -211,7 +211,7 @@ def test_finetune_rend_diff_adds_exactly_the_cached_prior_gradient(monkeypatch):
     for mode in ("rend", "rend+diff"):
         seen.clear()
         out[mode] = (finetune.finetune(m.decoder, m.prior, x0, rays, m.cfg, n_views=1, mode=mode,
-                                       tcfg=TestConfig(ft_inner=2, ft_rays=64), outer=2,
+                                       tcfg=TestConfig(ft_inner=2, ft_rays=64, ft_c_diff=1.0), outer=2,
                                        generator=torch.Generator().manual_seed(0)),
                      list(seen))
     assert len(priors) == 2                                       # once per outer iteration
