@@ -3,7 +3,7 @@
 The paper's numbers (its implementation details and the official configs, e.g.
 configs/paper_cfgs/ssdnerf_cars_uncond.py) live in the `paper` preset; `gpu` keeps
 the paper's data sizes (128x128 images, R=128 triplanes) with a lighter denoiser;
-`laptop` is what a class trains on 2 CPU cores (64x64 images, R=32, about half an hour);
+`laptop` is what a class trains on 2 CPU cores (64x64 images, R=32, about 45 minutes a model);
 `smoke` is what the tests and `MINISSD_FAST=1` notebooks run (32x32, R=16: a model trains
 in well under a minute, and the shipped ones in assets/models/ load in milliseconds).
 
