@@ -97,19 +97,18 @@ class Model:
 
     def save(self, path: str) -> str:
         """Write the model file atomically; refuse one with NaN/inf tensors."""
-        bad = ckpt.nonfinite({"decoder": self.decoder.state_dict(), "codes": self.codes,
-                              "prior": {k: v.half() if v.is_floating_point() else v
-                                        for k, v in self.prior.state_dict().items()}})
-        if bad:
-            raise ckpt.CheckpointError(f"{path}: not written, the model has non-finite "
-                                       f"values in {', '.join(bad[:5])}")
-        return ckpt.save_atomic(path, {
+        payload = {
             "format": MODEL_FORMAT, "config": self.cfg.to_dict(), "mode": self.mode,
             "decoder": self.decoder.state_dict(),
             "prior": {k: v.half() if v.is_floating_point() else v
                       for k, v in self.prior.state_dict().items()},
             "codes": self.codes.detach().cpu().half(), "names": self.names,
-            "log": self.log, "meta": self.meta, "test": self.test.to_dict()})
+            "log": self.log, "meta": self.meta, "test": self.test.to_dict()}
+        bad = ckpt.nonfinite({k: payload[k] for k in ("decoder", "codes", "prior")})
+        if bad:
+            raise ckpt.CheckpointError(f"{path}: not written, the model has non-finite "
+                                       f"values in {', '.join(bad[:5])}")
+        return ckpt.save_atomic(path, payload)
 
     @classmethod
     def load(cls, path: str, device="cpu") -> "Model":

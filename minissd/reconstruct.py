@@ -45,17 +45,24 @@ def recon_steps(cfg, tcfg: TestConfig) -> int:
     return tcfg.recon_steps or max(1, round(1.5 * cfg.ddim_steps))
 
 
+def observed_rays(model, views: dict):
+    """Every pixel ray of the input views, on the model's device: (origins, dirs, target),
+    each (1, V*H*W, 3) (guidance.views_to_rays)."""
+    dev = model.codes.device
+    return tuple(r.to(dev) for r in views_to_rays(views["images"].to(dev), views["c2w"].to(dev),
+                                                  torch.as_tensor(views["K"]).to(dev)))
+
+
 def guided_code(model, views: dict, *, tcfg: TestConfig | None = None,
                 lambda_gd: float | None = None, generator: torch.Generator | None = None,
                 callback=None, progress: bool = False):
     """Guided DDIM only (eq. 5, 6): (the code (1, 3, C, R, R) before finetuning, the
     observed rays)."""
-    cfg, dev = model.cfg, model.codes.device
+    cfg = model.cfg
     tcfg = tcfg or model.test
     V = views["images"].shape[0]
     lambda_gd = tcfg.lambda_gd if lambda_gd is None else lambda_gd
-    rays = tuple(r.to(dev) for r in views_to_rays(views["images"].to(dev), views["c2w"].to(dev),
-                                                  torch.as_tensor(views["K"]).to(dev)))
+    rays = observed_rays(model, views)
     x_T = noise(model, 1, generator)                                    # (1, 3C, R, R)
     x0 = guided_sample(model.prior, model.decoder, rays, x_T, lambda_gd,
                        recon_steps(cfg, tcfg), cfg.code_ch, cfg.n_samples, n_views=V,
@@ -85,10 +92,7 @@ def reconstruct(model, views: dict, finetune: str = "rend+diff", *,
         x, rays = guided_code(model, views, tcfg=tcfg, lambda_gd=lambda_gd, generator=generator,
                               callback=callback, progress=progress)
     else:
-        dev = model.codes.device
-        x = start.to(dev)
-        rays = tuple(r.to(dev) for r in views_to_rays(
-            views["images"].to(dev), views["c2w"].to(dev), torch.as_tensor(views["K"]).to(dev)))
+        x, rays = start.to(model.codes.device), observed_rays(model, views)
     x = finetune_codes(model.decoder, model.prior, x, rays, model.cfg, V, mode=finetune,
                        tcfg=tcfg, generator=generator, callback=finetune_callback,
                        progress=progress)
