@@ -67,13 +67,9 @@ def main(argv=None):
         test = ensure_dataset("cars", "test", n_scenes=args.refs, n_views=4,
                               resolution=m.cfg.image_res, seed=0, progress=False)
         from minissd.data import SRNDataset
-        from minissd.generate import render_views
         ds = SRNDataset(test, resolution=m.cfg.image_res)
-        sc0 = ds[0]
-        ids = rows[os.path.basename(args.models[0])]["image_views"]
-        real = torch.stack([ds[i]["images"][ids] for i in range(len(ds))])
-        fake = torch.stack([render_views(m, c, sc0["c2w"][ids], sc0["K"][0])
-                            for c in m.codes[:args.samples]])
+        fake, real, _ = ev.renders_at_test_cameras(m, m.codes[:args.samples],
+                                                   [ds[i] for i in range(len(ds))])
         r = {"label": "training codes (copying)", **ev.image_coverage(fake, real)}
         rows["train-codes"] = r
         print(f"{r['label']:28s} image COV {100 * r['IMG_COV']:5.1f}%  image MMD {r['IMG_MMD']:5.2f} dB  "

@@ -258,6 +258,19 @@ def image_coverage(fake: torch.Tensor, real: torch.Tensor) -> dict:
             "IMG_PREC": float(psnr.max(dim=1).values.mean())}
 
 
+def renders_at_test_cameras(model, codes, scenes, n_views: int = 4, progress: bool = False):
+    """Codes (S, 3, C, R, R) rendered at n_views cameras evenly spread over the first test
+    scene's spiral, and every test scene's images at those views: (fake (S, V, H, W, 3),
+    real (N, V, H, W, 3), view ids), what `image_coverage` compares."""
+    sc0 = scenes[0]                                  # every code seen from the same cameras
+    ids = [i * len(sc0["c2w"]) // n_views for i in range(min(n_views, len(sc0["c2w"])))]
+    real = torch.stack([sc["images"][ids] for sc in scenes])             # (N, V, H, W, 3)
+    fake = torch.stack([render_views(model, c, sc0["c2w"][ids], sc0["K"][0],
+                                     res=sc0["images"].shape[1])
+                        for c in tqdm(codes, desc="renders", disable=not progress)])
+    return fake, real, ids
+
+
 def evaluate_generation(model, data, n_samples: int = 8, threshold: float = 10.0,
                         n_scenes: int | None = None, res: int = 48, n_points: int = 1024,
                         steps: int | None = None, seed: int = 0, with_fid: bool = True,
@@ -280,12 +293,7 @@ def evaluate_generation(model, data, n_samples: int = 8, threshold: float = 10.0
     full = [p for p in pts if len(p)]
     cm = metrics.coverage_mmd(full, [r[0] for r in refs]) if full else {"cov": 0.0, "mmd": None}
     scenes = [ds[i] for i in range(n_ref)]
-    ids = np.linspace(0, len(scenes[0]["c2w"]) - 1, fid_views + 1)[:-1].round().astype(int).tolist()
-    real = torch.stack([sc["images"][ids] for sc in scenes])             # (N, V, H, W, 3)
-    sc0 = scenes[0]                                  # every sample seen from the same cameras
-    fake = torch.stack([render_views(model, c, sc0["c2w"][ids], sc0["K"][0],
-                                     res=sc0["images"].shape[1])
-                        for c in tqdm(codes, desc="renders", disable=not progress)])
+    fake, real, ids = renders_at_test_cameras(model, codes, scenes, fid_views, progress)
     img = image_coverage(fake, real)
     fid = kid = None
     if with_fid and metrics.inception_features(torch.zeros(1, 8, 8, 3) + 1) is not None:
