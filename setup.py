@@ -3,7 +3,7 @@
 The repository keeps them at the top level, in assets/models/ (*.pt + manifest.json),
 next to the benchmark that trains them. A regular (non-editable) install copies whatever
 is there at build time into the built package as minissd/assets/models/, where
-`minissd.experiment.model_dirs()` looks first. Editable installs (pip install -e .) skip
+`minissd.ssd.model.model_dirs()` looks first. Editable installs (pip install -e .) skip
 the copy: they read the repository's assets/models/ directly. Everything else about the
 package is declared in pyproject.toml.
 """

@@ -21,14 +21,13 @@ import time
 
 import torch
 
-from minissd import data as srn
-from minissd import procedural
-from minissd.autodecoder import heldout_psnr, train_autodecoder
 from minissd.config import Config, get_preset
-from minissd.occupancy import OccupancyGrid
-from minissd.render import render_image
-from minissd.triplane import CodeBank, make_field
-from minissd.decoder import TriplaneDecoder
+from minissd.data import procedural, srn
+from minissd.nerf.autodecoder import heldout_psnr, train_autodecoder
+from minissd.nerf.decoder import TriplaneDecoder
+from minissd.nerf.occupancy import OccupancyGrid
+from minissd.nerf.render import render_image
+from minissd.nerf.triplane import CodeBank, make_field
 
 N_TRAIN, N_VIEWS = 50, 60
 

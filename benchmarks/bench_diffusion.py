@@ -17,10 +17,10 @@ import time
 import torch
 
 from minissd.config import get_preset
-from minissd.diffusion import DiffusionPrior
-from minissd.sampling import ddim_sample
-from minissd.toy2d import MLPDenoiser, mixture_of_gaussians, mmd, toy_config, train_toy
-from minissd.unet import count_params
+from minissd.prior.diffusion import DiffusionPrior
+from minissd.prior.sampling import ddim_sample
+from minissd.prior.toy2d import MLPDenoiser, mixture_of_gaussians, mmd, toy_config, train_toy
+from minissd.prior.unet import count_params
 
 
 def bench_toy(n: int, iters: int, steps: int, seed: int) -> None:

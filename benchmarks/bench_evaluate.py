@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from minissd import evaluate as ev
 from minissd.config import get_preset
-from minissd.experiment import load_or_train
-from minissd.procedural import ensure_dataset
+from minissd.data.procedural import ensure_dataset
+from minissd.eval import evaluate as ev
+from minissd.ssd.model import load_or_train
 
 
 def main(argv=None):

@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from minissd import evaluate as ev
-from minissd.experiment import Model
-from minissd.generate import sample_codes, save_strip, turntable
-from minissd.procedural import ensure_dataset
+from minissd.data.procedural import ensure_dataset
+from minissd.eval import evaluate as ev
+from minissd.ssd.model import Model
+from minissd.testtime.generate import sample_codes, save_strip, turntable
 
 
 def main(argv=None):
@@ -66,7 +66,7 @@ def main(argv=None):
         m = Model.load(args.models[0])
         test = ensure_dataset("cars", "test", n_scenes=args.refs, n_views=4,
                               resolution=m.cfg.image_res, seed=0, progress=False)
-        from minissd.data import SRNDataset
+        from minissd.data.srn import SRNDataset
         ds = SRNDataset(test, resolution=m.cfg.image_res)
         fake, real, _ = ev.renders_at_test_cameras(m, m.codes[:args.samples],
                                                    [ds[i] for i in range(len(ds))])

@@ -14,9 +14,9 @@ import argparse
 import numpy as np
 import torch
 
-from minissd.data import SRNDataset
-from minissd.experiment import Model
-from minissd.reconstruct import plot_sparse_to_dense, sparse_to_dense
+from minissd.data.srn import SRNDataset
+from minissd.ssd.model import Model
+from minissd.testtime.reconstruct import plot_sparse_to_dense, sparse_to_dense
 
 
 def main(argv=None):

@@ -16,9 +16,9 @@ import time
 import torch
 
 from minissd.config import get_preset, pick_device
-from minissd.experiment import load_training_data
-from minissd.procedural import ensure_dataset
-from minissd.train import Trainer
+from minissd.data.procedural import ensure_dataset
+from minissd.ssd.model import load_training_data
+from minissd.ssd.train import Trainer
 
 
 def main(argv=None):

@@ -18,17 +18,17 @@ ft_c_rend stays at the training constant and ft_c_diff moves.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 import math
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 
-from minissd import evaluate as ev
-from minissd.experiment import Model
-from minissd.procedural import ensure_dataset
+from minissd.data.procedural import ensure_dataset
+from minissd.eval import evaluate as ev
+from minissd.ssd.model import Model
 
 VAL_SEED, TEST_SEED = 1, 0
 

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/train_assets.py --preset smoke
     OMP_NUM_THREADS=1 python benchmarks/train_assets.py --preset laptop --modes single-stage --views 0
 
-Each model is trained by `experiment.load_or_train` (the same path the notebooks use),
+Each model is trained by `minissd.ssd.model.load_or_train` (the same path the notebooks use),
 so the file name is the model key that `load_or_train` looks for: change a preset and the
 shipped file no longer matches (the notebooks then train instead of loading). The
 manifest (assets/models/manifest.json) records, per file, the exact command, the
@@ -23,11 +23,11 @@ import time
 
 import torch
 
-from minissd.compare import code_statistics
 from minissd.config import cache_dir, get_preset
-from minissd.evaluate import evaluate_codes
-from minissd.experiment import ASSETS, load_or_train, model_key
-from minissd.procedural import ensure_dataset
+from minissd.data.procedural import ensure_dataset
+from minissd.eval.compare import code_statistics
+from minissd.eval.evaluate import evaluate_codes
+from minissd.ssd.model import ASSETS, load_or_train, model_key
 
 MANIFEST = os.path.join(ASSETS, "models", "manifest.json")
 
@@ -57,7 +57,7 @@ def quality(model, cfg, n_scenes: int) -> dict:
 
 
 def refresh_metrics(n_scenes: int) -> int:
-    from minissd.experiment import Model
+    from minissd.ssd.model import Model
     manifest = read_manifest()
     for key, entry in manifest.items():
         path = os.path.join(ASSETS, "models", entry["file"])

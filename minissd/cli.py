@@ -1,6 +1,6 @@
 """The command line: `python -m minissd <command> --help`.
 
-Each command lives in the module that implements it. That module defines
+Each command has its own module in `minissd/commands/` (named after it) defining
 `add_arguments(parser)` and `run(args)`; this file only routes to it, importing the
 module lazily so that `--help` is fast.
 
@@ -18,15 +18,17 @@ import os
 import sys
 import tempfile
 
+from minissd.errors import TrainingDiverged, UserError
+
 # command -> (module, one-line help)
 COMMANDS = {
-    "quickstart": ("minissd.quickstart", "make a small dataset, train a small model on the CPU, write figures"),
-    "make-data": ("minissd.procedural", "generate a procedural dataset (cars, chairs, tables) in the SRN layout"),
-    "train": ("minissd.experiment", "train single-stage or two-stage SSDNeRF"),
-    "sample": ("minissd.generate", "sample new objects from a trained model and render turntables"),
-    "reconstruct": ("minissd.reconstruct", "reconstruct objects from posed views (guided sampling + finetuning)"),
-    "evaluate": ("minissd.evaluate", "reconstruction / generation metrics, ablations A0-A3"),
-    "plot": ("minissd.logs", "draw the training curves of a run folder's log.jsonl into curves.png"),
+    "quickstart": ("minissd.commands.quickstart", "make a small dataset, train a small model on the CPU, write figures"),
+    "make-data": ("minissd.commands.make_data", "generate a procedural dataset (cars, chairs, tables) in the SRN layout"),
+    "train": ("minissd.commands.train", "train single-stage or two-stage SSDNeRF"),
+    "sample": ("minissd.commands.sample", "sample new objects from a trained model and render turntables"),
+    "reconstruct": ("minissd.commands.reconstruct", "reconstruct objects from posed views (guided sampling + finetuning)"),
+    "evaluate": ("minissd.commands.evaluate", "reconstruction / generation metrics, ablations A0-A3"),
+    "plot": ("minissd.commands.plot", "draw the training curves of a run folder's log.jsonl into curves.png"),
 }
 
 EXAMPLES = {
@@ -64,7 +66,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def version() -> str:
     """The installed package's version (package metadata), else minissd.__version__."""
     try:
-        from importlib.metadata import PackageNotFoundError, version as meta_version
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as meta_version
         return meta_version("minissd")
     except (ImportError, PackageNotFoundError):
         from minissd import __version__
@@ -100,7 +103,6 @@ def _int_type(low: int, high: int | None):
 def require_positive(args, *names) -> None:
     """UserError for the first optional integer argument in `names` that is given and
     below 1 (for flags whose type the command declares as plain int)."""
-    from .errors import UserError
     for name in names:
         v = getattr(args, name, None)
         if v is not None and v < 1:
@@ -111,7 +113,6 @@ def require_positive(args, *names) -> None:
 def writable_dir(path: str, flag: str) -> str:
     """Create folder `path` if needed and check a file can be written in it, before any
     work is done; UserError naming `flag` otherwise."""
-    from .errors import UserError
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{flag} {path}: exists and is not a folder")
     try:
@@ -126,7 +127,6 @@ def writable_dir(path: str, flag: str) -> str:
 def writable_file(path: str, flag: str) -> str:
     """Check that file `path` can be written (its folder exists or can be made, it is
     not a folder); UserError naming `flag` otherwise."""
-    from .errors import UserError
     if os.path.isdir(path):
         raise UserError(f"{flag} {path}: is a folder, expected a file name")
     if os.path.exists(path) and not os.access(path, os.W_OK):
@@ -164,7 +164,6 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
 def user_error_types() -> tuple:
     """Exceptions the command line reports as one line: bad input, bad checkpoint, disk."""
-    from .errors import TrainingDiverged, UserError
     return (UserError, ValueError, OSError, TrainingDiverged)
 
 

@@ -15,10 +15,10 @@ checkpoint made with a different config raises a clear error (see checkpoint.py)
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields, replace
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
@@ -160,7 +160,6 @@ class TestConfig:
     def with_overrides(self, pairs) -> "TestConfig":
         """A copy with KEY=VALUE strings applied (`--test-set`), each parsed as JSON and
         type-checked against the field's default."""
-        import json
         kinds = {f.name: type(f.default) for f in fields(self)}
         over = {}
         for pair in pairs or ():

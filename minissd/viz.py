@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .triplane import PLANE_NAMES
+from minissd.nerf.triplane import PLANE_NAMES
 
 
 def _np(x):

@@ -3,13 +3,18 @@ import math
 
 import torch
 
-from minissd import cameras
-from minissd.autodecoder import (heldout_psnr, lambda_rend, rendering_loss, sample_rays,
-                                 train_autodecoder)
 from minissd.config import get_preset
-from minissd.decoder import TriplaneDecoder
-from minissd.render import render_image
-from minissd.triplane import CodeBank, code_activation
+from minissd.data import cameras
+from minissd.nerf.autodecoder import (
+    heldout_psnr,
+    lambda_rend,
+    rendering_loss,
+    sample_rays,
+    train_autodecoder,
+)
+from minissd.nerf.decoder import TriplaneDecoder
+from minissd.nerf.render import render_image
+from minissd.nerf.triplane import CodeBank, code_activation
 
 
 def blob(shift):

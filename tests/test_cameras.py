@@ -3,8 +3,16 @@ import math
 
 import torch
 
-from minissd.cameras import (intrinsics, look_at, orbit_poses, pixel_rays, random_sphere_poses,
-                             ray_box, rays_at_pixels, spiral_poses)
+from minissd.data.cameras import (
+    intrinsics,
+    look_at,
+    orbit_poses,
+    pixel_rays,
+    random_sphere_poses,
+    ray_box,
+    rays_at_pixels,
+    spiral_poses,
+)
 
 
 def _dist_to_origin(o, d):
@@ -61,3 +69,13 @@ def test_pixel_rays_agree_with_rays_at_pixels():
 def test_intrinsics_match_srn_cars():
     K = intrinsics(128)
     assert abs(K[0, 0].item() - 131.25) < 0.1 and K[0, 2].item() == 64.0
+
+
+def test_pose_helpers_default_to_minissd_units():
+    """The orbit/spiral/sphere helpers default to the training cameras' distance in
+    minissd units (SRN's 1.3 raw units divided by the loader's scale), not raw units."""
+    from minissd.data import cameras, procedural, srn
+    expected = procedural.RADIUS / srn.SCALE                  # what the loader turns 1.3 into
+    assert abs(cameras.CAMERA_RADIUS - expected) < 1e-6
+    for poses in (orbit_poses(3), spiral_poses(3), random_sphere_poses(3)):
+        assert torch.allclose(poses[:, :3, 3].norm(dim=-1), torch.full((3,), expected), atol=1e-5)

@@ -4,8 +4,8 @@ import os
 import pytest
 
 from minissd.cli import COMMANDS, main
-from minissd.experiment import Model
-from minissd.train import read_log
+from minissd.ssd.model import Model
+from minissd.ssd.train import read_log
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

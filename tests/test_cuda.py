@@ -21,9 +21,10 @@ def test_notebook_preset_choice(monkeypatch):
 @cuda
 def test_train_sample_reconstruct_on_cuda(tmp_path):
     from test_train import tiny_data
-    from minissd.experiment import Model
-    from minissd.generate import sample_codes
-    from minissd.train import Trainer
+
+    from minissd.ssd.model import Model
+    from minissd.ssd.train import Trainer
+    from minissd.testtime.generate import sample_codes
     cfg = get_preset("smoke", iters=3, image_res=16, rays_per_scene=64, ckpt_every=3)
     tr = Trainer(cfg, tiny_data(), device="cuda", out_dir=str(tmp_path))
     tr.train(progress=False)

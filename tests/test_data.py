@@ -2,14 +2,14 @@
 import os
 import shutil
 
+from PIL import Image
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from minissd import procedural as P
-from minissd.cameras import intrinsics
-from minissd.data import SRNDataset
+from minissd.data import procedural as P
+from minissd.data.cameras import intrinsics
+from minissd.data.srn import SRNDataset
 
 
 @pytest.fixture(scope="module")

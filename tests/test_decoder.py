@@ -4,7 +4,7 @@ import math
 import numpy as np
 import torch
 
-from minissd.decoder import TriplaneDecoder, sh_basis, trunc_exp
+from minissd.nerf.decoder import TriplaneDecoder, sh_basis, trunc_exp
 
 
 def fibonacci_sphere(n):

@@ -2,11 +2,20 @@ import pytest
 import torch
 
 from minissd.config import get_preset
-from minissd.diffusion import (DiffusionPrior, NoiseSchedule, eps_from_v, eps_from_x0,
-                               loss_weight, q_sample, v_from_x0_eps, x0_from_eps, x0_from_v)
-from minissd.ema import ema_copy, ema_update
-from minissd.sampling import ddim_sample
-from minissd.toy2d import MLPDenoiser, mixture_of_gaussians, mmd, toy_config, train_toy
+from minissd.prior.diffusion import (
+    DiffusionPrior,
+    NoiseSchedule,
+    eps_from_v,
+    eps_from_x0,
+    loss_weight,
+    q_sample,
+    v_from_x0_eps,
+    x0_from_eps,
+    x0_from_v,
+)
+from minissd.prior.ema import ema_copy, ema_update
+from minissd.prior.sampling import ddim_sample
+from minissd.prior.toy2d import MLPDenoiser, mixture_of_gaussians, mmd, toy_config, train_toy
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from minissd import evaluate as ev
 from minissd.config import TestConfig, get_preset
-from minissd.procedural import ensure_dataset
+from minissd.data.procedural import ensure_dataset
+from minissd.eval import evaluate as ev
 
 # seconds, not minutes: 2 DDIM steps, 2 finetuning outer steps
 FAST = dict(tcfg=TestConfig(recon_steps=2, ft_schedule=((1, 2, 5e-3),)), progress=False)
@@ -16,7 +16,7 @@ FAST = dict(tcfg=TestConfig(recon_steps=2, ft_schedule=((1, 2, 5e-3),)), progres
 
 @pytest.fixture(scope="module")
 def setup():
-    from minissd.experiment import load_or_train
+    from minissd.ssd.model import load_or_train
     cfg = get_preset("smoke")
     model = load_or_train("single-stage", cfg, progress=False)       # trains once, then cached
     test = ensure_dataset("cars", "test", n_scenes=2, n_views=24, resolution=cfg.image_res,
@@ -89,9 +89,9 @@ def test_json_is_written_and_parseable(tmp_path):
 
 def test_known_answer_fitted_codes_beat_random_codes(setup):
     """Codes fitted to a training scene's views must score higher than random codes."""
-    from minissd.data import SRNDataset
-    from minissd.finetune import finetune
-    from minissd.guidance import views_to_rays
+    from minissd.data.srn import SRNDataset
+    from minissd.testtime.finetune import finetune
+    from minissd.testtime.guidance import views_to_rays
     model, _, train = setup
     ds = SRNDataset(train, resolution=model.cfg.image_res)
     sc, g = ds[0], torch.Generator().manual_seed(0)
@@ -122,8 +122,9 @@ def test_generation_cov_mmd_known_answer(monkeypatch):
     Both non-empty samples have reference 0 as nearest neighbour: COV = 1/2; MMD is the
     mean over references of the closest sample: (0 + min_g CD(g, ref 1)) / 2."""
     from types import SimpleNamespace
-    from minissd import metrics
-    from minissd.data import SRNDataset
+
+    from minissd.data.srn import SRNDataset
+    from minissd.eval import metrics
     test = ensure_dataset("cars", "test", n_scenes=2, n_views=24, resolution=32, seed=0,
                           progress=False)
     ds = SRNDataset(test, resolution=32)
@@ -184,7 +185,7 @@ class _FakeInception(torch.nn.Module):
 
 
 def test_results_record_the_fid_network(setup, tmp_path, monkeypatch, capsys):
-    from minissd import metrics
+    from minissd.eval import metrics
     model, test, _ = setup
     monkeypatch.setattr(metrics, "_MODELS", {})
     monkeypatch.setattr(metrics, "_WARNED", set())

@@ -2,18 +2,18 @@
 import os
 from types import SimpleNamespace
 
-import torch
 from PIL import Image
+import torch
 
-from minissd import generate
 from minissd.config import get_preset
-from minissd.decoder import TriplaneDecoder
-from minissd.diffusion import DiffusionPrior
-from minissd.triplane import make_field
+from minissd.nerf.decoder import TriplaneDecoder
+from minissd.nerf.triplane import make_field
+from minissd.prior.diffusion import DiffusionPrior
+from minissd.testtime import generate
 
 
 def tiny_model(seed=0):
-    """Untrained smoke-sized networks, frozen like experiment.Model's."""
+    """Untrained smoke-sized networks, frozen like ssd.model.Model's."""
     torch.manual_seed(seed)
     cfg = get_preset("smoke")
     dec, prior = TriplaneDecoder(cfg.code_ch, cfg.dec_hidden), DiffusionPrior(cfg)
@@ -75,7 +75,7 @@ def test_nearest_training_finds_the_scene():
 
 
 def saved_tiny_model(path):
-    from minissd.experiment import Model
+    from minissd.ssd.model import Model
     m = tiny_model()
     Model(m.cfg, "single-stage", m.decoder, m.prior, m.codes, ["a", "b", "c"]).save(str(path))
     return str(path)
@@ -96,8 +96,9 @@ def test_sample_cli_writes_gifs_and_strip(tmp_path):
 
 def test_reconstruct_cli_writes_figures_and_psnr(tmp_path):
     import json
+
     from minissd.cli import main
-    from minissd.procedural import generate as make_data
+    from minissd.data.procedural import generate as make_data
     ckpt = saved_tiny_model(tmp_path / "model.pt")
     data = make_data(str(tmp_path / "test"), "cars", "test", n_scenes=1, n_views=6,
                      resolution=32, progress=False)

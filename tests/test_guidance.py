@@ -5,19 +5,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minissd.config import TestConfig
-
-from minissd import finetune, guidance
-from minissd.cameras import intrinsics, orbit_poses
-from minissd.config import get_preset
-from minissd.decoder import TriplaneDecoder
-from minissd.diffusion import DiffusionPrior
-from minissd.sampling import ddim_sample
-from minissd.triplane import make_field
+from minissd.config import TestConfig, get_preset
+from minissd.data.cameras import intrinsics, orbit_poses
+from minissd.nerf.decoder import TriplaneDecoder
+from minissd.nerf.triplane import make_field
+from minissd.prior.diffusion import DiffusionPrior
+from minissd.prior.sampling import ddim_sample
+from minissd.testtime import finetune, guidance
 
 
 def tiny_model(seed=0):
-    """Untrained smoke-sized networks, frozen like experiment.Model's."""
+    """Untrained smoke-sized networks, frozen like ssd.model.Model's."""
     torch.manual_seed(seed)
     cfg = get_preset("smoke")
     dec, prior = TriplaneDecoder(cfg.code_ch, cfg.dec_hidden), DiffusionPrior(cfg)
@@ -29,7 +27,7 @@ def tiny_model(seed=0):
 
 
 def one_view(m, code, res=16):
-    from minissd.generate import render_views
+    from minissd.testtime.generate import render_views
     c2w = orbit_poses(3, radius=2.6)[:1]
     K = intrinsics(res)
     return {"images": render_views(m, code, c2w, K, res=res), "c2w": c2w, "K": K}
@@ -145,7 +143,7 @@ def test_finetune_none_is_identity():
 
 
 def test_ablation_table_and_input_views():
-    from minissd.reconstruct import ABLATIONS, input_view_ids
+    from minissd.testtime.reconstruct import ABLATIONS, input_view_ids
     assert ABLATIONS["A0"] == ("single-stage", "rend+diff")
     assert ABLATIONS["A1"][0] == "two-stage" and ABLATIONS["A3"][1] == "none"
     assert input_view_ids(251, 1) == [64] and input_view_ids(251, 2) == [64, 104]
@@ -155,23 +153,23 @@ def test_ablation_table_and_input_views():
 
 @pytest.fixture(scope="module")
 def smoke_model():
-    """The briefly trained smoke model (trained once, then cached by experiment.py)."""
-    from minissd.experiment import load_or_train
+    """The briefly trained smoke model (trained once, then cached by ssd/model.py)."""
+    from minissd.ssd.model import load_or_train
     return load_or_train("single-stage", get_preset("smoke"), progress=False)
 
 
 @pytest.fixture(scope="module")
 def test_scene(smoke_model):
-    from minissd.data import SRNDataset
-    from minissd.procedural import ensure_dataset
+    from minissd.data.procedural import ensure_dataset
+    from minissd.data.srn import SRNDataset
     res = smoke_model.cfg.image_res
     root = ensure_dataset("cars", "test", n_scenes=1, n_views=24, resolution=res, progress=False)
     return SRNDataset(root, resolution=res)[0]
 
 
 def test_guided_reconstruction_beats_unguided_sampling(smoke_model, test_scene):
-    from minissd.metrics import psnr
-    from minissd.reconstruct import reconstruct_scene
+    from minissd.eval.metrics import psnr
+    from minissd.testtime.reconstruct import reconstruct_scene
     inp, ev = [6], list(range(0, 24, 4))
     score = {}
     for lam in (0.0, None):                   # None: the default guidance scale
@@ -199,7 +197,7 @@ def test_finetune_rend_diff_adds_exactly_the_cached_prior_gradient(monkeypatch):
     monkeypatch.setattr(finetune, "prior_grad", own_rng_prior_grad)
     seen = []
 
-    from minissd.triplane import CodeBank
+    from minissd.nerf.triplane import CodeBank
     real_step = CodeBank.adam_step
 
     def recording_step(self, idx, grad, lr):                    # the gradient each update gets
@@ -220,7 +218,7 @@ def test_finetune_rend_diff_adds_exactly_the_cached_prior_gradient(monkeypatch):
     assert priors[0].abs().max() > 0
     torch.testing.assert_close(g_both - g_rend, priors[0], atol=1e-6, rtol=1e-4)
     # the cached gradient is the gradient of lambda'_diff * L_diff(2 tanh(code_)) by autograd
-    from minissd.triplane import code_activation, code_inverse_activation, planes_to_image
+    from minissd.nerf.triplane import code_activation, code_inverse_activation, planes_to_image
     code_ = code_inverse_activation(x0).requires_grad_(True)
     loss = m.prior.loss(planes_to_image(code_activation(code_)),
                         generator=torch.Generator().manual_seed(7))

@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from minissd import logs, viz
+from minissd import viz
 from minissd.cli import main
+from minissd.ssd import logs
 
 
 def _two_stage_log(n=30):

@@ -6,11 +6,9 @@ import lpips as lpips_pkg
 import numpy as np
 import pytest
 import torch
-import torchvision          # before empty_hub patches torch.hub: torchvision binds its loader
+import torchvision  # before empty_hub patches torch.hub: torchvision binds its loader
 
-
-from minissd import metrics as M
-
+from minissd.eval import metrics as M
 
 # ----------------------------------------------------------------------------- PSNR
 

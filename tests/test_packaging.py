@@ -128,7 +128,11 @@ def test_wheel_ships_models_and_license(wheel):
     for f in shipped + ["manifest.json"]:
         assert f"minissd/assets/models/{f}" in names, f"{f} is not in the wheel"
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    assert "minissd/experiment.py" in names
+    # every module of every subpackage (data/, nerf/, prior/, ...) is in the wheel
+    modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "minissd").rglob("*.py"))
+    assert "minissd/ssd/model.py" in modules
+    missing = [m for m in modules if m not in names]
+    assert not missing, f"not in the wheel: {missing}"
 
 
 def test_installed_wheel_finds_its_models(wheel, tmp_path):
@@ -138,7 +142,7 @@ def test_installed_wheel_finds_its_models(wheel, tmp_path):
     import zipfile
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import os, minissd.experiment as e; d = e.model_dirs()[0]; print(d); "
+    code = ("import os, minissd.ssd.model as e; d = e.model_dirs()[0]; print(d); "
             "print(sorted(f for f in os.listdir(d) if f.endswith('.pt')))")
     env = {**__import__("os").environ, "PYTHONPATH": str(site), "MINISSD_CACHE": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
@@ -151,8 +155,8 @@ def test_installed_wheel_finds_its_models(wheel, tmp_path):
 
 def test_missing_model_says_so_once_before_training(tmp_path, monkeypatch, capsys):
     """No shipped or cached model matches: one message (will train, how long, where) first."""
-    from minissd import experiment, procedural
     from minissd.config import get_preset
+    from minissd.ssd import model as model_module
 
     class Stop(Exception):
         pass
@@ -160,12 +164,12 @@ def test_missing_model_says_so_once_before_training(tmp_path, monkeypatch, capsy
     def stop(*a, **k):
         raise Stop
     monkeypatch.setenv("MINISSD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(procedural, "ensure_dataset", stop)      # would make data, then train
+    monkeypatch.setattr(model_module, "ensure_dataset", stop)      # would make data, then train
     cfg = get_preset("smoke", iters=7)                            # a key nothing ships
     with pytest.raises(Stop):
-        experiment.load_or_train("single-stage", cfg, progress=False)
+        model_module.load_or_train("single-stage", cfg, progress=False)
     out = capsys.readouterr().out
-    key = experiment.model_key("cars", "single-stage", cfg)
+    key = model_module.model_key("cars", "single-stage", cfg)
     assert out.count("[minissd] no shipped or cached model") == 1
     assert key in out and "Training it now" in out and "min" in out
     assert str(tmp_path / "cache") in out                         # where it caches

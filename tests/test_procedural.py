@@ -1,14 +1,14 @@
 """Procedural SRN-style data: objects, determinism, splits, layout, cache, CLI."""
 import os
 
+from PIL import Image
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from minissd import procedural as P
-from minissd.cameras import intrinsics, spiral_poses
 from minissd.cli import main
+from minissd.data import procedural as P
+from minissd.data.cameras import intrinsics, spiral_poses
 
 
 def _read(scene, v):

@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("pybullet")
 
-from minissd import pybullet_source as pb        # noqa: E402
-from minissd.cli import main                     # noqa: E402
-from minissd.data import SRNDataset              # noqa: E402
+from minissd.data import pybullet_source as pb  # noqa: E402
+from minissd.cli import main  # noqa: E402
+from minissd.data.srn import SRNDataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

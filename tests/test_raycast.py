@@ -3,9 +3,9 @@ import math
 
 import torch
 
-from minissd import procedural as P
-from minissd import raycast as R
-from minissd.cameras import intrinsics, look_at, pixel_rays, spiral_poses
+from minissd.data import procedural as P
+from minissd.data import raycast as R
+from minissd.data.cameras import intrinsics, look_at, pixel_rays, spiral_poses
 
 
 def test_ray_hits_against_hand_values():
@@ -72,7 +72,7 @@ def test_parts_extents_and_normalize():
 
 
 def test_render_deterministic_and_objects_differ():
-    K, c2w = intrinsics(32), spiral_poses(2)
+    K, c2w = intrinsics(32), spiral_poses(2, P.RADIUS)
     a = R.render(P.make_object("chairs", 5), c2w, K, 32, 32)
     b = R.render(P.make_object("chairs", 5), c2w, K, 32, 32)
     c = R.render(P.make_object("chairs", 6), c2w, K, 32, 32)

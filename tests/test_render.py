@@ -3,9 +3,9 @@ import math
 
 import torch
 
-from minissd import cameras
-from minissd.occupancy import OccupancyGrid, dilate, query_grid
-from minissd.render import composite, render_image, render_rays
+from minissd.data import cameras
+from minissd.nerf.occupancy import OccupancyGrid, dilate, query_grid
+from minissd.nerf.render import composite, render_image, render_rays
 
 
 def test_composite_matches_hand_computation():

@@ -2,6 +2,7 @@
 arguments, each refused with one line naming the file or argument; divergence stops
 training without touching the last good checkpoint; one trainer per run folder;
 checkpoint integrity; config overrides; the log every few iterations."""
+from dataclasses import replace
 import errno
 import json
 import math
@@ -10,22 +11,20 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
 
-import pytest
-import torch
 from PIL import Image
+import pytest
+from test_train import tiny_cfg, tiny_data
+import torch
 
-from minissd import checkpoint as ckpt
-from minissd import procedural as P
 from minissd.cli import COMMANDS, command_parser, main
 from minissd.config import get_preset
-from minissd.data import SRNDataset
+from minissd.data import procedural as P
+from minissd.data.srn import SRNDataset
 from minissd.errors import RunLocked, TrainingDiverged
-from minissd.experiment import Model
-from minissd.train import Trainer, read_log, same_data, write_log
-
-from test_train import tiny_cfg, tiny_data
+from minissd.ssd import checkpoint as ckpt
+from minissd.ssd.model import Model
+from minissd.ssd.train import Trainer, read_log, same_data, write_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a train command small enough to run in about a second
@@ -160,7 +159,8 @@ def test_grayscale_with_and_without_alpha_accepted(data):
 
 def test_huge_image_refused_before_decoding(tmp_path, monkeypatch):
     from PIL import ImageFile
-    from minissd.data import read_image
+
+    from minissd.data.srn import read_image
     path = str(tmp_path / "big.png")
     Image.new("RGB", (9000, 16)).save(path)
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded first"))
@@ -338,7 +338,7 @@ def test_two_trainers_one_run_folder_one_is_refused(tmp_path, made, capsys):
 
 def test_lock_held_by_another_process(tmp_path, made, capsys):
     out = str(tmp_path / "run")
-    code = ("import sys, time; from minissd.checkpoint import RunLock; "
+    code = ("import sys, time; from minissd.ssd.checkpoint import RunLock; "
             f"RunLock({out!r}).acquire(); print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO,
                               env={**os.environ, "PYTHONPATH": REPO})

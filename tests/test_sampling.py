@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from minissd import sampling
-from minissd.diffusion import DiffusionPrior, NoiseSchedule
-from minissd.sampling import ddim_sample, ddim_timesteps
+from minissd.prior import sampling
+from minissd.prior.diffusion import DiffusionPrior, NoiseSchedule
+from minissd.prior.sampling import ddim_sample, ddim_timesteps
 
 
 def test_timesteps_official_spacing():

@@ -4,12 +4,12 @@ import os
 import pytest
 import torch
 
-from minissd import checkpoint as ckpt
-from minissd.autodecoder import rendering_loss, sample_rays
-from minissd.cameras import intrinsics, orbit_poses
 from minissd.config import get_preset
-from minissd.train import Trainer, sparse_view_ids
-from minissd.triplane import code_activation, planes_to_image
+from minissd.data.cameras import intrinsics, orbit_poses
+from minissd.nerf.autodecoder import rendering_loss, sample_rays
+from minissd.nerf.triplane import code_activation, planes_to_image
+from minissd.ssd import checkpoint as ckpt
+from minissd.ssd.train import Trainer, sparse_view_ids
 
 
 def tiny_data(n_scenes=4, n_views=3, res=16, seed=0):
@@ -212,7 +212,7 @@ def test_decoder_steps_only_on_the_last_inner_step():
 
 
 def test_two_stage_stage1_uses_tv_and_mean_init():
-    from minissd.autodecoder import tv_regulariser
+    from minissd.nerf.autodecoder import tv_regulariser
     x = torch.zeros(1, 3, 2, 4, 4)
     assert float(tv_regulariser(x)) < 1e-6
     x[..., 1, 1] = 1.0        # a bump in every plane: |(dx, dy)| is 1 at texels (1,0) and (0,1),

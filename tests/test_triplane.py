@@ -1,8 +1,14 @@
 """Triplane sampling, plane <-> image layout, and the per-scene Adam of CodeBank."""
 import torch
 
-from minissd.triplane import (CodeBank, code_activation, image_to_planes, make_field,
-                              planes_to_image, sample_triplane)
+from minissd.nerf.triplane import (
+    CodeBank,
+    code_activation,
+    image_to_planes,
+    make_field,
+    planes_to_image,
+    sample_triplane,
+)
 
 
 def manual_bilinear(plane, a, b):
@@ -76,8 +82,8 @@ def test_codebank_adam_touches_only_batch_and_matches_torch_adam():
 
 
 def test_gradients_reach_only_batch_codes():
-    from minissd.decoder import TriplaneDecoder
-    from minissd.render import render_rays
+    from minissd.nerf.decoder import TriplaneDecoder
+    from minissd.nerf.render import render_rays
     torch.manual_seed(0)
     bank = CodeBank(4, C=2, R=8, init_scale=0.5, generator=torch.Generator().manual_seed(0))
     dec = TriplaneDecoder(2, hidden=16)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from minissd.config import get_preset
-from minissd.unet import UNet, count_params, timestep_embedding
+from minissd.prior.unet import UNet, count_params, timestep_embedding
 
 
 def test_timestep_embedding():

@@ -13,8 +13,8 @@ For eta = 1 the per-step noise is stored too, so the test can feed minissd the s
 import json
 import os
 
-import torch
 from diffusers import DDIMScheduler
+import torch
 
 T, STEPS = 1000, 10
 

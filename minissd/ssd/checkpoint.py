@@ -22,7 +22,7 @@ import zipfile
 
 import torch
 
-from .errors import RunLocked
+from minissd.errors import RunLocked
 
 TMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"

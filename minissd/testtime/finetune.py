@@ -36,11 +36,11 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .autodecoder import RayBatch, code_step
-from .config import TestConfig
-from .diffusion import prior_gradient
-from .guidance import subset_rays
-from .triplane import CodeBank
+from minissd.config import TestConfig
+from minissd.nerf.autodecoder import RayBatch, code_step
+from minissd.nerf.triplane import CodeBank
+from minissd.prior.diffusion import prior_gradient
+from minissd.testtime.guidance import subset_rays
 
 FINETUNE_MODES = ("rend+diff", "rend", "none")
 

@@ -7,13 +7,20 @@ Conventions (the SRN data's, as the official lib/datasets/shapenet_srn.py reads 
   * The ray of pixel (u, v) passes through its centre (u + 0.5, v + 0.5):
         d_cam = ((u + 0.5 - cx) / fx, (v + 0.5 - cy) / fy, 1),   d_world = R d_cam
     and starts at the camera centre o = c2w[:3, 3]. Directions are unit length.
-  * Scenes live in the box [-1, 1]^3 after the loader's scale normalisation.
+  * Scenes live in the box [-1, 1]^3 after the loader's scale normalisation: raw SRN
+    coordinates are divided by SRN_SCALE, so SRN cars' cameras at 1.3 raw units sit at
+    CAMERA_RADIUS = 2.6 inside minissd. The pose helpers below default to minissd units;
+    dataset writers (procedural.py, pybullet_source.py) pass SRN_CAMERA_RADIUS explicitly.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+SRN_SCALE = 0.5                                  # raw SRN units per minissd unit
+SRN_CAMERA_RADIUS = 1.3                          # SRN cars' camera distance, raw units (on disk)
+CAMERA_RADIUS = SRN_CAMERA_RADIUS / SRN_SCALE    # 2.6: the same cameras in minissd units
 
 
 def pixel_rays(c2w: torch.Tensor, K: torch.Tensor, H: int, W: int):
@@ -102,13 +109,13 @@ def sphere_to_xyz(radius, azimuth, elevation) -> torch.Tensor:
                                  torch.sin(elevation)], dim=-1)
 
 
-def orbit_poses(n: int, radius: float = 1.3, elevation_deg: float = 20.0) -> torch.Tensor:
+def orbit_poses(n: int, radius: float = CAMERA_RADIUS, elevation_deg: float = 20.0) -> torch.Tensor:
     """n cameras evenly spaced on a horizontal circle, looking at the origin: (n, 4, 4)."""
     az = torch.arange(n, dtype=torch.float32) * (2 * math.pi / n)
     return look_at(sphere_to_xyz(radius, az, torch.full((n,), math.radians(elevation_deg))))
 
 
-def spiral_poses(n: int, radius: float = 1.3, elev_min_deg: float = 5.0,
+def spiral_poses(n: int, radius: float = CAMERA_RADIUS, elev_min_deg: float = 5.0,
                  elev_max_deg: float = 60.0, turns: float = 2.0) -> torch.Tensor:
     """n cameras on a spiral over the upper hemisphere (like SRN test views): (n, 4, 4)."""
     s = torch.linspace(0.0, 1.0, n)
@@ -117,7 +124,7 @@ def spiral_poses(n: int, radius: float = 1.3, elev_min_deg: float = 5.0,
     return look_at(sphere_to_xyz(radius, az, el))
 
 
-def random_sphere_poses(n: int, radius: float = 1.3, generator: torch.Generator | None = None,
+def random_sphere_poses(n: int, radius: float = CAMERA_RADIUS, generator: torch.Generator | None = None,
                         elev_min_deg: float = -10.0, elev_max_deg: float = 80.0) -> torch.Tensor:
     """n cameras at uniformly random directions (area-uniform within the elevation band)."""
     u = torch.rand(n, generator=generator)

@@ -30,6 +30,9 @@ import math
 import torch
 import torch.nn as nn
 
+from minissd.nerf.triplane import code_activation, planes_to_image
+from minissd.prior.unet import UNet
+
 
 def _bc(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Broadcast per-sample scalars a (B,) against x (B, ...)."""
@@ -125,7 +128,6 @@ class DiffusionPrior(nn.Module):
     def __init__(self, cfg, net: nn.Module | None = None, clip: float = 2.0):
         super().__init__()
         if net is None:
-            from .unet import UNet
             net = UNet.from_config(cfg)
         self.unet = net
         self.schedule = NoiseSchedule(cfg.T, cfg.schedule)
@@ -189,7 +191,6 @@ def prior_gradient(prior: DiffusionPrior, code_: torch.Tensor, c: float, *, gene
     when it requires grad (the trainer then steps it: line 5). code_grad=False treats the
     codes as data (g is None). Returns (g, mean L_diff over the batch).
     """
-    from .triplane import code_activation, planes_to_image
     with torch.enable_grad():
         code_ = code_.detach().requires_grad_(code_grad)
         x0 = planes_to_image(code_activation(code_))                    # (B, 3C, R, R)

@@ -22,13 +22,15 @@ import os
 import stat
 import zipfile
 
+from PIL import Image
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
-SCALE = 0.5                                   # raw SRN units per minissd unit
+from minissd.data.cameras import SRN_SCALE
+
+SCALE = SRN_SCALE                             # raw SRN units per minissd unit (cameras.py)
 IMAGE_EXT = (".png", ".jpg", ".jpeg")
 MAX_IMAGE_SIDE = 8192                         # larger images are refused before decoding
 MAX_TRANSLATION = 1e3                         # raw units; SRN cameras sit at ~1.3

@@ -39,9 +39,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics
-from .generate import render_views, sample_codes
-from .reconstruct import ABLATIONS, guided_code, reconstruct_scene, select_views
+from minissd.data.srn import SRNDataset
+from minissd.eval import metrics
+from minissd.ssd.checkpoint import write_atomic
+from minissd.testtime.generate import render_views, sample_codes
+from minissd.testtime.reconstruct import ABLATIONS, guided_code, reconstruct_scene, select_views
 
 PAPER_N_VIEWS = 251
 FINETUNE_SEED = 1_000_003      # finetuning's generator: seed + i + FINETUNE_SEED
@@ -87,7 +89,6 @@ def eval_view_ids(n_views: int, input_ids, every: int = 1) -> list[int]:
 
 def _dataset(data, res):
     if isinstance(data, str):
-        from .data import SRNDataset
         if not os.path.isdir(data):
             raise FileNotFoundError(f"evaluate: test folder {data} does not exist")
         return SRNDataset(data, resolution=res)
@@ -337,118 +338,4 @@ def write_json(obj, path: str) -> str:
         if isinstance(x, (float, np.floating)):
             return float(x) if math.isfinite(x) else None
         return x.item() if isinstance(x, np.generic) else x
-    from .checkpoint import write_atomic
     return write_atomic(path, lambda f: json.dump(clean(obj), f, indent=1), binary=False)
-
-
-# ----------------------------------------------------------------------------- command line
-def add_arguments(p):
-    from .cli import non_negative, positive
-    p.add_argument("--ckpt", required=True, help="model file (single-stage, or the one to evaluate)")
-    p.add_argument("--ckpt2", help="two-stage model file (needed by ablation A1)")
-    p.add_argument("--data", required=True, help="SRN-format folder of test scenes")
-    p.add_argument("--task", default="recon", choices=["recon", "generation"],
-                   help="reconstruction (PSNR/SSIM/LPIPS/FID) or generation (FID/KID/COV/MMD)")
-    p.add_argument("--ablation", nargs="+", choices=list(ABLATIONS), help="run these rows of Table 3")
-    p.add_argument("--input-views", type=non_negative(), nargs="+", default=[64],
-                   help="paper view ids of 251 (64; 64 104), scaled on shorter spirals")
-    p.add_argument("--finetune", default="rend+diff", choices=["rend+diff", "rend", "none"],
-                   help="test-time finetuning (without --ablation)")
-    p.add_argument("--scenes", type=positive(), help="only the first N test scenes (default: all)")
-    p.add_argument("--eval-every", type=positive(), default=1, help="score every k-th non-input view")
-    p.add_argument("--lambda-gd", type=float,
-                   help="guidance scale (default: the model's test-time config, lambda_gd)")
-    p.add_argument("--test-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a test-time setting of config.TestConfig, e.g. ft_c_diff=4")
-    p.add_argument("--steps", type=int, help="DDIM steps (generation: default cfg.ddim_steps; "
-                   "reconstruction: the test-time recon_steps)")
-    p.add_argument("--samples", type=positive(10_000), default=16, help="generation: number of samples")
-    p.add_argument("--threshold", type=float, help="generation: density threshold (skips calibration)")
-    p.add_argument("--train-data", help="generation: the model's training folder, to calibrate the threshold")
-    p.add_argument("--grid-res", type=positive(512), default=48, help="generation: density grid resolution")
-    p.add_argument("--json", required=True, help="output JSON file")
-    p.add_argument("--seed", type=non_negative(), default=0, help="sampling seed (scene i: seed + i)")
-    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-
-
-def check_input_views(ids, data: str) -> None:
-    """--input-views are paper ids of 251 views (or ids of a test set with more views);
-    out-of-range ids are refused instead of wrapped round."""
-    from .data import SRNDataset
-    from .errors import UserError
-    n = max([PAPER_N_VIEWS] + SRNDataset(data).view_counts())
-    bad = [v for v in ids if not 0 <= v < n]
-    if bad:
-        raise UserError(f"--input-views {bad}: view ids must lie in 0..{n - 1}")
-
-
-def check_pair(model, model2, ckpt: str, ckpt2: str) -> None:
-    """--ckpt2 must be a two-stage model of the same preset and sizes as --ckpt."""
-    from .errors import UserError
-    if model2.mode != "two-stage":
-        raise UserError(f"--ckpt2 {ckpt2}: a {model2.mode} model, expected the two-stage one")
-    keys = ("name", "image_res", "code_ch", "code_res", "views_per_scene")
-    diff = [f"{k} {getattr(model.cfg, k)!r} vs {getattr(model2.cfg, k)!r}" for k in keys
-            if getattr(model.cfg, k) != getattr(model2.cfg, k)]
-    if diff:
-        raise UserError(f"--ckpt {ckpt} and --ckpt2 {ckpt2} were trained with different "
-                        f"configs ({'; '.join(diff)}): the ablation would not compare like "
-                        "with like")
-
-
-def run(args):
-    from .cli import require_positive, writable_file
-    from .config import pick_device
-    from .errors import UserError
-    from .experiment import Model
-    for flag, path in (("--ckpt", args.ckpt), ("--ckpt2", args.ckpt2)):
-        if path and not os.path.isfile(path):
-            raise SystemExit(f"{flag} {path}: no such file")
-    if not os.path.isdir(args.data):
-        raise SystemExit(f"--data {args.data}: no such folder")
-    require_positive(args, "steps")
-    writable_file(args.json, "--json")
-    if args.task == "recon":
-        check_input_views(args.input_views, args.data)
-    dev = pick_device(args.device)
-    model = Model.load(args.ckpt, device=dev)
-    common = dict(n_scenes=args.scenes, seed=args.seed)
-    if args.task == "generation":
-        cal = None
-        if args.threshold is None and args.train_data:
-            cal = calibrate_threshold(model, args.train_data, res=args.grid_res)
-        given = args.threshold is not None
-        thr = args.threshold if given else (cal["threshold"] if cal else 10.0)
-        print(f"density threshold {thr:.3g} ({'given' if given else 'calibrated' if cal else 'default'})")
-        res = evaluate_generation(model, args.data, args.samples, thr, res=args.grid_res,
-                                  steps=args.steps, **common)
-        res["calibration"] = cal
-        table = markdown_table({res["label"]: res, **PAPER_GENERATION}, GEN_COLUMNS)
-    else:
-        over = list(args.test_set) + ([f"recon_steps={args.steps}"] if args.steps else [])
-        kw = dict(input_views=args.input_views, eval_every=args.eval_every, lambda_gd=args.lambda_gd,
-                  **common)
-        models = {model.mode: model}
-        if args.ckpt2 and model.mode != "single-stage":
-            raise UserError(f"--ckpt {args.ckpt}: a {model.mode} model; with --ckpt2 the "
-                            "single-stage model goes in --ckpt")
-        if args.ckpt2:
-            models["two-stage"] = Model.load(args.ckpt2, device=dev)
-            check_pair(model, models["two-stage"], args.ckpt, args.ckpt2)
-        for m in models.values():
-            m.test = m.test.with_overrides(over)
-        if args.ablation:
-            if "A1" in args.ablation and "two-stage" not in models:
-                raise SystemExit("--ablation A1 needs the two-stage model: pass --ckpt2 TWO_STAGE.pt")
-            res = evaluate_ablations(models, args.data, args.ablation, **kw)
-            rows = side_by_side(res, PAPER_ABLATION)
-        else:
-            res = evaluate_reconstruction(model, args.data, finetune=args.finetune, **kw)
-            rows = {res["label"]: res, **PAPER_RECON}
-        table = markdown_table(rows, RECON_COLUMNS)
-    fid_net = metrics.fid_network()
-    table += "\n\n" + metrics.fid_network_note(fid_net)
-    print(table)
-    write_json({"args": vars(args), "results": res, "table": table, "fid_network": fid_net}, args.json)
-    print(f"-> {args.json}")
-    return 0

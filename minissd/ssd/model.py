@@ -18,27 +18,29 @@ to resume.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import checkpoint as ckpt
-from .config import Config, TestConfig, cache_dir, get_preset, pick_device, preset_for_notebook
-from .data import SRNDataset
-from .decoder import TriplaneDecoder
-from .diffusion import DiffusionPrior
-from .train import MODES, Trainer, sparse_view_ids
-from .triplane import code_activation, make_field
+from minissd.config import Config, TestConfig, cache_dir, pick_device, preset_for_notebook
+from minissd.data.procedural import ensure_dataset
+from minissd.data.srn import SRNDataset
+from minissd.nerf.decoder import TriplaneDecoder
+from minissd.nerf.triplane import code_activation, make_field
+from minissd.prior.diffusion import DiffusionPrior
+from minissd.ssd import checkpoint as ckpt
+from minissd.ssd.train import MODES, Trainer, sparse_view_ids
 
 MODEL_FORMAT = "minissd-model-v1"
 # the repository's assets/ (a checkout or an editable install; train_assets.py writes here)
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))     # .../minissd
+ASSETS = os.path.join(os.path.dirname(PACKAGE_DIR), "assets")
 # where a regular install (a wheel: setup.py copies assets/models/ into it) keeps them
-PACKAGE_MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "models")
+PACKAGE_MODELS = os.path.join(PACKAGE_DIR, "assets", "models")
 
 
 def model_dirs() -> list[str]:
@@ -199,7 +201,6 @@ def load_or_train(mode: str = "single-stage", cfg: Config | None = None, categor
     """The model for (category, mode, cfg): shipped (model_dirs()), cached, or trained now."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    from .procedural import ensure_dataset
     cfg = cfg or preset_for_notebook()
     key = model_key(category, mode, cfg)
     cached = os.path.join(cache_dir(), "models", key + ".pt")
@@ -224,64 +225,3 @@ def load_or_train(mode: str = "single-stage", cfg: Config | None = None, categor
                                          "device": str(tr.device)})
     model.save(cached)
     return model
-
-
-# ------------------------------------------------------------------ command line ----
-def add_arguments(p):
-    from .cli import non_negative, positive
-    p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"],
-                   help="starting config (config.py); --config and --set change it")
-    p.add_argument("--mode", default="single-stage", choices=list(MODES),
-                   help="single-stage SSDNeRF, or the two-stage baseline")
-    p.add_argument("--data", required=True, help="SRN-format folder of training scenes")
-    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.jsonl, "
-                   "config.json, model.pt)")
-    p.add_argument("--iters", type=positive(10**9),
-                   help="outer iterations (per stage for two-stage); default: the preset's")
-    p.add_argument("--views-per-scene", type=non_negative(10**6),
-                   help="fixed views per scene (3 = sparse); 0 = all; default: the preset's")
-    p.add_argument("--config", metavar="JSON", help="a JSON file of config fields, "
-                   'e.g. {"code_res": 16}, applied on top of the preset')
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config field, type-checked (repeatable): "
-                        "--set code_res=16 --set lr_code=5e-3")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--seed", type=int, help="random seed; default: the preset's (0)")
-
-
-def config_from_args(args) -> Config:
-    """preset, then --config FILE, then each --set, then --iters/--views-per-scene/--seed;
-    every value type-checked and the result validated."""
-    from .config import load_config_file, parse_override
-    over = load_config_file(args.config) if args.config else {}
-    over.update(parse_override(s) for s in args.set)
-    over.update({k: v for k, v in (("iters", args.iters), ("views_per_scene", args.views_per_scene),
-                                   ("seed", args.seed)) if v is not None})
-    name = over.pop("name", None)                 # get_preset's own first argument
-    cfg = get_preset(args.preset, **over)
-    return cfg if name is None else replace(cfg, name=name).validate()
-
-
-def run(args):
-    from .cli import writable_dir
-    cfg = config_from_args(args)
-    if not os.path.isdir(args.data):
-        raise SystemExit(f"--data {args.data}: no such folder")
-    writable_dir(args.out, "--out")
-    with ckpt.RunLock(args.out) as lock:
-        if os.path.exists(os.path.join(args.out, "checkpoint.pt")) and not args.resume:
-            raise SystemExit(f"{args.out} already holds a checkpoint: pass --resume to continue it, "
-                             "or choose another --out")
-        ckpt.write_atomic(os.path.join(args.out, "config.json"),
-                          lambda f: f.write(json.dumps(cfg.to_dict(), indent=1) + "\n"), binary=False)
-        t0 = time.time()
-        tr = train_run(cfg, args.data, args.mode, args.out, device=args.device, resume=args.resume,
-                       lock=lock)
-        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-                 for k, v in vars(args).items() if v not in (None, False, [])]
-        model = Model.from_trainer(tr, meta={"command": "python -m minissd train " + " ".join(flags),
-            "wall_s_last_session": round(time.time() - t0, 1), "device": str(tr.device)})
-        path = model.save(os.path.join(args.out, "model.pt"))
-    print(f"checkpoint: {tr.ckpt_path()}\nmodel for sampling/reconstruction: {path}\n"
-          f"log: {os.path.join(args.out, 'log.jsonl')}\nconfig: {os.path.join(args.out, 'config.json')}")

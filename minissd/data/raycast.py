@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minissd.cameras import pixel_rays, rays_at_pixels
+from minissd.data.cameras import pixel_rays, rays_at_pixels
 
 BOX, CYL, SPHERE = 0, 1, 2                   # primitive kinds
 LIGHTS = torch.tensor([[0.4, 0.3, 0.87], [-0.6, -0.5, 0.2]])   # world directions

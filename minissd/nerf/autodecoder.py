@@ -32,11 +32,11 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from .cameras import rays_at_pixels
-from .decoder import TriplaneDecoder
-from .occupancy import OccupancyGrid
-from .render import render_image, render_rays
-from .triplane import CodeBank, code_activation, make_field
+from minissd.data.cameras import rays_at_pixels
+from minissd.nerf.decoder import TriplaneDecoder
+from minissd.nerf.occupancy import OccupancyGrid
+from minissd.nerf.render import render_image, render_rays
+from minissd.nerf.triplane import CodeBank, code_activation, make_field
 
 
 class RayBatch(NamedTuple):

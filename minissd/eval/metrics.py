@@ -39,7 +39,6 @@ $MINISSD_INCEPTION, then ~/.cache/minissd/weights/ (MINISSD_CACHE/weights), then
 hub checkpoints/. Only that network is labelled comparable with published numbers; the
 fallbacks (pytorch-fid's port, torchvision's ImageNet Inception) are labelled not comparable.
 """
-import math
 import os
 import sys
 import warnings
@@ -47,6 +46,8 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from minissd.config import cache_dir
 
 VGG16_FILE = "vgg16-397923af.pth"                       # torchvision IMAGENET1K_V1
 INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"      # torchvision IMAGENET1K_V1
@@ -209,7 +210,6 @@ def lpips(pred, gt, quantize=True, batch_size=16, model=None):
 
 def inception_paths():
     """Where inception-2015-12-05.pt (TorchScript) is looked for, in order."""
-    from .config import cache_dir
     env = os.environ.get(INCEPTION_ENV)
     return ([env] if env else []) + [os.path.join(cache_dir(), "weights", INCEPTION_TS_FILE),
                                      _checkpoint(INCEPTION_TS_FILE)]
@@ -240,7 +240,7 @@ def _inception_model(device="cpu"):
     fid_path, tv_path = _checkpoint(FID_INCEPTION_FILE), _checkpoint(INCEPTION_FILE)
     if os.path.isfile(fid_path):
         try:
-            from pytorch_fid.inception import InceptionV3   # loads fid_path from the hub cache
+            from pytorch_fid.inception import InceptionV3  # loads fid_path from the hub cache
             key = ("fid-inception", fid_path, str(device))
             if key not in _MODELS:
                 _MODELS[key] = InceptionV3([3]).eval().to(device)

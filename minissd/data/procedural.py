@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minissd.cameras import intrinsics, random_sphere_poses, spiral_poses
 from minissd.config import cache_dir
-from minissd.data import write_scene
-from minissd.raycast import Parts, render, sample_surface
+from minissd.data.cameras import SRN_CAMERA_RADIUS, intrinsics, random_sphere_poses, spiral_poses
+from minissd.data.raycast import Parts, render, sample_surface
+from minissd.data.srn import write_scene
 
 CATEGORIES = ("cars", "chairs", "tables")
-RADIUS = 1.3                                 # camera distance, raw SRN coordinates
+RADIUS = SRN_CAMERA_RADIUS            # camera distance, raw SRN units (what is written to disk)
 FORMAT = 1                                   # bump when the generated images change
 
 
@@ -199,75 +199,3 @@ def ensure_dataset(category="cars", split="train", n_scenes=32, n_views=50, reso
         if not os.path.isdir(final):
             raise
     return final
-
-
-def add_arguments(parser):
-    from minissd.cli import non_negative, positive
-    parser.add_argument("--category", choices=CATEGORIES, default="cars", help="object category")
-    parser.add_argument("--split", choices=("train", "test"), default="train",
-                        help="train: random views on the sphere; test: a spiral")
-    parser.add_argument("--scenes", type=positive(100_000), default=32, help="number of objects")
-    parser.add_argument("--views", type=positive(10_000), default=None,
-                        help="views per object (default: 50 train, 251 test, like SRN)")
-    parser.add_argument("--resolution", type=positive(1024), default=64, help="image size in pixels")
-    parser.add_argument("--seed", type=non_negative(), default=0, help="dataset seed")
-    parser.add_argument("--out", default=None,
-                        help="output folder (default: the cache, see MINISSD_CACHE)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a non-empty --out folder (written beside it, then swapped)")
-
-
-def generate_replacing(out_dir, *args, **kwargs) -> str:
-    """generate() into a new folder beside out_dir, then swap it in for out_dir, so that
-    out_dir always holds one whole dataset (the old one until the swap)."""
-    out_dir = os.path.normpath(out_dir)
-    tag = uuid.uuid4().hex[:8]
-    tmp, old = f"{out_dir}.tmp-{tag}", f"{out_dir}.old-{tag}"
-    try:
-        generate(tmp, *args, **kwargs)
-        if os.path.exists(out_dir):
-            os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return out_dir
-
-
-def run(args):
-    from minissd.cli import writable_dir
-    from minissd.errors import UserError
-    views = args.views or (50 if args.split == "train" else 251)
-    if args.out:
-        if os.path.exists(args.out) and not os.path.isdir(args.out):
-            raise UserError(f"--out {args.out}: exists and is not a folder")
-        if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
-            raise UserError(f"--out {args.out}: folder is not empty (it would mix two datasets); "
-                            "pass --overwrite to replace it, or choose another folder")
-        writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
-        path = generate_replacing(args.out, args.category, args.split, args.scenes, views,
-                                  args.resolution, args.seed)
-    else:
-        path = ensure_dataset(args.category, args.split, args.scenes, views,
-                              args.resolution, args.seed)
-    print(f"wrote {args.scenes} {args.category} scenes x {views} views to {path}")
-    return 0
-
-
-# ------------------------------------------------ make-data --source pybullet ----
-# Real meshes from pybullet_data (optional extra `objects`) live in pybullet_source.py;
-# make-data routes to it on --source pybullet and otherwise runs the procedural objects.
-_add_procedural_arguments, _run_procedural = add_arguments, run
-
-
-def add_arguments(parser):  # noqa: F811
-    _add_procedural_arguments(parser)
-    from minissd.pybullet_source import add_source_arguments
-    add_source_arguments(parser)
-
-
-def run(args):  # noqa: F811
-    if getattr(args, "source", "procedural") == "pybullet":
-        from minissd.pybullet_source import run as run_pybullet
-        return run_pybullet(args)
-    return _run_procedural(args)

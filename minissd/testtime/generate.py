@@ -15,21 +15,19 @@ DDIM with eta = 0 is a deterministic map from noise to code, so
 """
 from __future__ import annotations
 
-import json
 import os
 
+from PIL import Image
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .cameras import intrinsics, orbit_poses
-from .diffusion import randn_like
-from .render import render_image
-from .sampling import ddim_sample
-from .triplane import image_to_planes
+from minissd.data.cameras import CAMERA_RADIUS, intrinsics, orbit_poses
+from minissd.nerf.render import render_image
+from minissd.nerf.triplane import image_to_planes
+from minissd.prior.diffusion import randn_like
+from minissd.prior.sampling import ddim_sample
 
-CAMERA_RADIUS = 2.6          # training cameras: 1.3 raw SRN units / 0.5 normalisation
 
 
 def noise(model, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -151,46 +149,3 @@ def nearest_training(model, codes: torch.Tensor, by: str = "code", c2w: torch.Te
         raise ValueError(f"nearest_training: by must be 'code' or 'image', got {by!r}")
     dist, idx = d.min(dim=1)
     return idx, dist
-
-
-# ------------------------------------------------------------------ command line ----
-def add_arguments(p):
-    from .cli import non_negative, positive
-    p.add_argument("--ckpt", required=True, help="model file written by `python -m minissd train`")
-    p.add_argument("--n", type=positive(10_000), default=8, help="number of samples")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=positive(100_000),
-                   help="DDIM steps (default: the model's cfg.ddim_steps)")
-    p.add_argument("--frames", type=positive(3600), default=24, help="turntable frames")
-    p.add_argument("--res", type=positive(2048), help="render resolution (default: training images)")
-    p.add_argument("--seed", type=non_negative(), default=0, help="sampling seed")
-    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-
-
-def run(args):
-    from .cli import writable_dir
-    from .config import pick_device
-    from .errors import TrainingDiverged
-    from .experiment import Model
-    if not os.path.isfile(args.ckpt):
-        raise SystemExit(f"--ckpt {args.ckpt}: no such file")
-    writable_dir(args.out, "--out")
-    model = Model.load(args.ckpt, device=pick_device(args.device))
-    gen = torch.Generator(model.codes.device).manual_seed(args.seed)
-    codes = sample_codes(model, args.n, args.steps, gen, progress=True)
-    if not torch.isfinite(codes).all():
-        raise TrainingDiverged(f"{args.ckpt}: sampling produced NaN/inf codes; nothing written")
-    frames = turntable(model, codes, args.frames, res=args.res, progress=True)   # (n, F, H, W, 3)
-    for i in range(args.n):
-        save_gif(frames[i], os.path.join(args.out, f"sample_{i:03d}.gif"))
-    step = max(1, args.frames // 8)
-    save_strip(frames[:, ::step], os.path.join(args.out, "turntables.png"))
-    idx, dist = nearest_training(model, codes)
-    torch.save(codes.cpu(), os.path.join(args.out, "codes.pt"))
-    with open(os.path.join(args.out, "nearest.json"), "w") as f:
-        json.dump([{"sample": i, "nearest": model.names[j] if model.names else int(j),
-                    "code_mse": round(float(d), 6)} for i, (j, d) in enumerate(zip(idx, dist))],
-                  f, indent=1)
-    print(f"wrote {args.n} samples to {args.out} (turntables.png, sample_*.gif, codes.pt, "
-          "nearest.json)")
-    return 0

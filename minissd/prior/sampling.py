@@ -17,8 +17,9 @@ Guidance (guidance.py) wraps `denoise`; it gets alpha/sigma of t from the same s
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
-from .diffusion import eps_from_x0, randn_like
+from minissd.prior.diffusion import eps_from_x0, randn_like
 
 
 def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
@@ -69,7 +70,6 @@ def ddim_sample(denoise, x_T, schedule, steps: int = 50, eta: float = 0.0, gener
     x = x_T
     it = ts
     if progress:
-        from tqdm.auto import tqdm
         it = tqdm(ts, desc="DDIM", leave=False)
     for i, t in enumerate(it):
         s = ts[i + 1] if i + 1 < len(ts) else -1

@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import torch
 
-from .autodecoder import lambda_rend
-from .cameras import pixel_rays
-from .render import render_rays
-from .triplane import image_to_planes, make_field
+from minissd.data.cameras import pixel_rays
+from minissd.nerf.autodecoder import lambda_rend
+from minissd.nerf.render import render_rays
+from minissd.nerf.triplane import image_to_planes, make_field
+from minissd.prior.sampling import ddim_sample
 
 # The default guidance scale lives in config.TestConfig.lambda_gd (one value for every
 # entry point). reconstruct.py calls guidance with c_rend = 1: the training constant
@@ -128,7 +129,6 @@ def guided_sample(prior, decoder, rays, x_T: torch.Tensor, lambda_gd: float, ste
     """Guided DDIM (eta = 0) from x_T (B, 3C, R, R) -> x0 (B, 3C, R, R).
 
     lambda_gd = 0 skips the wrapper entirely (plain DDIM, no rendering cost)."""
-    from .sampling import ddim_sample
     denoise = prior.denoise
     if lambda_gd != 0:
         denoise = guided_denoise(prior.denoise, prior.schedule, decoder, rays, lambda_gd,

@@ -43,6 +43,7 @@ The EMA of the decoder and denoiser weights ramps up as the official configs do
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -50,15 +51,15 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
-from .autodecoder import code_step, sample_rays
-from .config import Config
-from .decoder import TriplaneDecoder
-from .diffusion import DiffusionPrior, prior_gradient
-from .errors import TrainingDiverged
-from .ema import ema_beta_at, ema_copy, ema_update
-from .occupancy import OccupancyGrid
-from .triplane import CodeBank, code_activation, code_inverse_activation, make_field
+from minissd.config import Config
+from minissd.errors import TrainingDiverged
+from minissd.nerf.autodecoder import code_step, sample_rays
+from minissd.nerf.decoder import TriplaneDecoder
+from minissd.nerf.occupancy import OccupancyGrid
+from minissd.nerf.triplane import CodeBank, code_activation, code_inverse_activation, make_field
+from minissd.prior.diffusion import DiffusionPrior, prior_gradient
+from minissd.prior.ema import ema_beta_at, ema_copy, ema_update
+from minissd.ssd import checkpoint as ckpt
 
 FORMAT = "minissd-train-v2"      # v2: mean_code (stage-1 init), EMA ramp-up
 MAX_RAYS_PER_PASS = 2048
@@ -431,7 +432,6 @@ def same_data(saved: str, wanted: str) -> bool:
 
 def _json_row(r: dict) -> str:
     """One log row as JSON, NaN and infinities as null (bare NaN is not JSON)."""
-    import json
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
     return json.dumps(clean, allow_nan=False) + "\n"
 
@@ -453,7 +453,6 @@ def append_log(path: str, rows: list[dict]) -> None:
 def read_log(path: str) -> list[dict]:
     """The rows of a log.jsonl; null values read back as NaN; a truncated last line
     (a write that was killed) is skipped."""
-    import json
     with open(path) as f:
         lines = [line for line in f if line.strip()]
     rows = []

@@ -25,7 +25,8 @@ import math
 
 import torch
 
-from .cameras import pixel_rays, ray_box
+from minissd.data.cameras import pixel_rays, ray_box
+from minissd.nerf.occupancy import query_grid
 
 STOP_EPS = 1e-4     # early termination threshold on the transmittance
 
@@ -147,7 +148,6 @@ def render_rays(field, origins: torch.Tensor, dirs: torch.Tensor, n_samples: int
 def _query(occupancy, pts: torch.Tensor, bound: float) -> torch.Tensor:
     if hasattr(occupancy, "query"):
         return occupancy.query(pts)
-    from .occupancy import query_grid
     return query_grid(occupancy, pts, bound)
 
 

@@ -19,11 +19,18 @@ from __future__ import annotations
 import os
 import time
 
+from PIL import Image
 import numpy as np
 import torch
-from PIL import Image
 
-from .config import get_preset, pick_device
+from minissd.cli import positive
+from minissd.config import get_preset, pick_device
+from minissd.data.procedural import ensure_dataset
+from minissd.data.srn import SRNDataset
+from minissd.ssd.model import Model, find_model, train_run
+from minissd.testtime.generate import sample_codes, save_gif, save_strip, turntable
+from minissd.testtime.reconstruct import reconstruct_scene, save_figure
+from minissd.viz import image_grid, plot_training_curves
 
 
 def save_png(array: np.ndarray, path: str) -> str:
@@ -33,15 +40,12 @@ def save_png(array: np.ndarray, path: str) -> str:
 
 def contact_sheet(data_dir: str, path: str, n_scenes: int = 16, views=(0, 1, 2, 3)) -> str:
     """Rows of scenes, columns of views: a PNG of what the dataset looks like."""
-    from .data import SRNDataset
-    from .viz import image_grid
     ds = SRNDataset(data_dir, views=list(views))
     imgs = [ds[i]["images"][v] for i in range(min(n_scenes, len(ds))) for v in range(len(views))]
     return save_png(image_grid(imgs, nrow=len(views) * 4), path)
 
 
 def add_arguments(p):
-    from .cli import positive
     p.add_argument("--out", default="quickstart", help="output folder")
     p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"],
                    help="config preset (config.py)")
@@ -52,12 +56,6 @@ def add_arguments(p):
 
 
 def run(args):
-    from .experiment import Model, find_model, train_run
-    from .generate import sample_codes, save_gif, save_strip, turntable
-    from .procedural import ensure_dataset
-    from .reconstruct import reconstruct_scene, save_figure
-    from .data import SRNDataset
-    from .viz import plot_training_curves
 
     t_start = time.time()
     out = os.path.abspath(args.out)

@@ -15,14 +15,15 @@ widgets drive (mode, views per scene, K_in).
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import replace
+import time
 
 import torch
 
-from .cameras import intrinsics, look_at, sphere_to_xyz
-from .config import Config
-from .generate import CAMERA_RADIUS, render_views, sample_codes
+from minissd.config import Config
+from minissd.data.cameras import CAMERA_RADIUS, intrinsics, look_at, sphere_to_xyz
+from minissd.ssd.model import load_or_train
+from minissd.testtime.generate import render_views, sample_codes
 
 
 def code_statistics(codes: torch.Tensor) -> dict:
@@ -78,7 +79,6 @@ def run_experiment(mode: str, base: Config, views_per_scene: int = 0, k_in: int 
 
     The plain function behind the notebook's widgets: mode, views per scene and K_in.
     """
-    from .experiment import load_or_train
     cfg = experiment_config(base, views_per_scene, k_in)
     model = load_or_train(mode, cfg, progress=progress)
     codes, images = samples(model, n_samples, seed)

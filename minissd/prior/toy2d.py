@@ -17,9 +17,11 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .unet import timestep_embedding
+from minissd.config import get_preset
+from minissd.prior.diffusion import DiffusionPrior
+from minissd.prior.sampling import ddim_sample
+from minissd.prior.unet import timestep_embedding
 
 
 def mixture_of_gaussians(n: int, n_modes: int = 6, radius: float = 1.0, std: float = 0.1,
@@ -81,13 +83,10 @@ def mmd(x: torch.Tensor, y: torch.Tensor, scales=(0.05, 0.1, 0.2, 0.5, 1.0)) -> 
 
 def toy_config(**overrides):
     """The smoke preset re-purposed for 2D: only T / schedule / omega matter."""
-    from .config import get_preset
     return get_preset("smoke", **overrides)
 
 
 def _demo(seed: int = 0) -> None:                       # python -m minissd.toy2d
-    from .diffusion import DiffusionPrior
-    from .sampling import ddim_sample
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data, held = mixture_of_gaussians(4000, generator=g), mixture_of_gaussians(1000, generator=g)

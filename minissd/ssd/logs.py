@@ -41,7 +41,7 @@ def log_path(run_dir: str) -> str:
 
 def write_tensorboard(log: list[dict], out_dir: str) -> str:
     """Every numeric column as a TensorBoard scalar 'train/<name>' (needs `tensorboard`)."""
-    from torch.utils.tensorboard import SummaryWriter     # ImportError without tensorboard
+    from torch.utils.tensorboard import SummaryWriter  # ImportError without tensorboard
     writer = SummaryWriter(out_dir)
     try:
         for i, row in enumerate(log):
@@ -53,39 +53,3 @@ def write_tensorboard(log: list[dict], out_dir: str) -> str:
     finally:
         writer.close()
     return out_dir
-
-
-# ------------------------------------------------------------------ command line ----
-def add_arguments(p):
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding log.jsonl (or the log file)")
-    p.add_argument("--out", help="image to write (default: RUN_DIR/curves.png)")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard scalars to RUN_DIR/tensorboard/ (pip install tensorboard)")
-
-
-def run(args):
-    from .viz import plot_training_curves
-    path = log_path(args.run_dir)
-    if not os.path.isfile(path):
-        raise SystemExit(f"{args.run_dir}: no log.jsonl there (is it a run folder of "
-                         "`python -m minissd train --out ...`?)")
-    try:
-        log = read_log(path)
-    except ValueError as e:
-        raise SystemExit(str(e))
-    if not log:
-        raise SystemExit(f"{path} is empty: the run has not logged an iteration yet")
-    folder = os.path.dirname(os.path.abspath(path))
-    out = args.out or os.path.join(folder, "curves.png")
-    last = log[-1]
-    plot_training_curves(log, out, title=f"{os.path.basename(folder)}: {len(log)} iterations, "
-                                         f"last phase {last.get('phase', '?')}")
-    print(out)
-    if args.tensorboard:
-        try:
-            tb = write_tensorboard(log, os.path.join(folder, "tensorboard"))
-        except ImportError:
-            raise SystemExit("--tensorboard needs the tensorboard package: pip install tensorboard "
-                             f"(the curves are in {out})")
-        print(f"{tb}  (tensorboard --logdir {tb})")
-    return 0

@@ -30,16 +30,16 @@ import json
 import math
 import os
 import random
-import shutil
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .cameras import intrinsics, random_sphere_poses, spiral_poses
-from .config import cache_dir
+from minissd.data.cameras import SRN_CAMERA_RADIUS, intrinsics, random_sphere_poses, spiral_poses
+from minissd.data.srn import write_scene
 
 HALF_SIZE = 0.45            # largest half side of an object, raw SRN units
-RADIUS = 1.3                # camera distance, raw SRN units (as procedural.py)
+RADIUS = SRN_CAMERA_RADIUS            # camera distance, raw SRN units (what is written to disk)
 FORMAT = 1
 LIGHT_DIRECTION = (0.5, 0.3, 1.0)
 # name -> file in pybullet_data (a URDF, or a bare .obj); licences: see README "Real objects"
@@ -195,9 +195,7 @@ def projection_agreement(points, c2w, K, masks, tolerance_px: int = 1) -> float:
 def generate(out_dir, objects="duck", split="train", n_scenes=32, n_views=50, resolution=64,
              seed=0, n_points=2048, progress=True) -> str:
     """Render pybullet_data objects into out_dir in the SRN layout (one scene each)."""
-    from tqdm.auto import tqdm
 
-    from .data import write_scene
     p, _ = _pybullet()
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -236,30 +234,3 @@ def generate(out_dir, objects="duck", split="train", n_scenes=32, n_views=50, re
         json.dump(dict(source="pybullet", objects=objects, scenes=list(files), split=split,
                        n_views=n_views, resolution=resolution, seed=seed, format=FORMAT), f, indent=1)
     return out_dir
-
-
-# ------------------------------------------------------------------ command line ----
-def add_source_arguments(parser):
-    """make-data's --source / --object (procedural.py's make-data adds these)."""
-    parser.add_argument("--source", choices=("procedural", "pybullet"), default="procedural",
-                        help="procedural objects (--category), or pybullet_data meshes (--object)")
-    parser.add_argument("--object", default="duck",
-                        help=f"--source pybullet: {', '.join(OBJECTS)} (comma-separated for several "
-                             f"scenes), or {RANDOM_URDFS} (--scenes of them)")
-
-
-def run(args):
-    views = args.views or (50 if args.split == "train" else 251)
-    out = args.out or os.path.join(
-        cache_dir(), "data", f"pybullet_{args.object.replace(',', '+')}_{args.split}_n{args.scenes}_v{views}"
-        f"_r{args.resolution}_s{args.seed}_f{FORMAT}")
-    if os.path.isdir(out) and os.listdir(out):
-        if not getattr(args, "overwrite", False):
-            raise SystemExit(f"--out {out}: folder is not empty (it would mix two datasets); "
-                             "choose another folder" + (" or pass --overwrite"
-                                                        if hasattr(args, "overwrite") else ""))
-        shutil.rmtree(out)
-    generate(out, args.object, args.split, args.scenes, views, args.resolution, args.seed)
-    n = len([d for d in os.listdir(out) if os.path.isdir(os.path.join(out, d))])
-    print(f"wrote {n} pybullet scenes ({args.object}) x {views} views to {out}")
-    return 0

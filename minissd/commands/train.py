@@ -1,0 +1,72 @@
+"""`python -m minissd train`: train single-stage SSDNeRF or the two-stage baseline into a run folder.
+
+The command-line layer only: parse flags, check paths, call `minissd.ssd.model`."""
+from __future__ import annotations
+
+from dataclasses import replace
+import json
+import os
+import time
+
+from minissd.cli import non_negative, positive, writable_dir
+from minissd.config import Config, get_preset, load_config_file, parse_override
+from minissd.ssd import checkpoint as ckpt
+from minissd.ssd.model import Model, train_run
+from minissd.ssd.train import MODES
+
+
+def add_arguments(p):
+    p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"],
+                   help="starting config (config.py); --config and --set change it")
+    p.add_argument("--mode", default="single-stage", choices=list(MODES),
+                   help="single-stage SSDNeRF, or the two-stage baseline")
+    p.add_argument("--data", required=True, help="SRN-format folder of training scenes")
+    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.jsonl, "
+                   "config.json, model.pt)")
+    p.add_argument("--iters", type=positive(10**9),
+                   help="outer iterations (per stage for two-stage); default: the preset's")
+    p.add_argument("--views-per-scene", type=non_negative(10**6),
+                   help="fixed views per scene (3 = sparse); 0 = all; default: the preset's")
+    p.add_argument("--config", metavar="JSON", help="a JSON file of config fields, "
+                   'e.g. {"code_res": 16}, applied on top of the preset')
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field, type-checked (repeatable): "
+                        "--set code_res=16 --set lr_code=5e-3")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--seed", type=int, help="random seed; default: the preset's (0)")
+
+
+def config_from_args(args) -> Config:
+    """preset, then --config FILE, then each --set, then --iters/--views-per-scene/--seed;
+    every value type-checked and the result validated."""
+    over = load_config_file(args.config) if args.config else {}
+    over.update(parse_override(s) for s in args.set)
+    over.update({k: v for k, v in (("iters", args.iters), ("views_per_scene", args.views_per_scene),
+                                   ("seed", args.seed)) if v is not None})
+    name = over.pop("name", None)                 # get_preset's own first argument
+    cfg = get_preset(args.preset, **over)
+    return cfg if name is None else replace(cfg, name=name).validate()
+
+
+def run(args):
+    cfg = config_from_args(args)
+    if not os.path.isdir(args.data):
+        raise SystemExit(f"--data {args.data}: no such folder")
+    writable_dir(args.out, "--out")
+    with ckpt.RunLock(args.out) as lock:
+        if os.path.exists(os.path.join(args.out, "checkpoint.pt")) and not args.resume:
+            raise SystemExit(f"{args.out} already holds a checkpoint: pass --resume to continue it, "
+                             "or choose another --out")
+        ckpt.write_atomic(os.path.join(args.out, "config.json"),
+                          lambda f: f.write(json.dumps(cfg.to_dict(), indent=1) + "\n"), binary=False)
+        t0 = time.time()
+        tr = train_run(cfg, args.data, args.mode, args.out, device=args.device, resume=args.resume,
+                       lock=lock)
+        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                 for k, v in vars(args).items() if v not in (None, False, [])]
+        model = Model.from_trainer(tr, meta={"command": "python -m minissd train " + " ".join(flags),
+            "wall_s_last_session": round(time.time() - t0, 1), "device": str(tr.device)})
+        path = model.save(os.path.join(args.out, "model.pt"))
+    print(f"checkpoint: {tr.ckpt_path()}\nmodel for sampling/reconstruction: {path}\n"
+          f"log: {os.path.join(args.out, 'log.jsonl')}\nconfig: {os.path.join(args.out, 'config.json')}")
