@@ -55,18 +55,16 @@ def test_views_to_rays_shapes_and_targets():
 def test_lambda_zero_equals_plain_ddim_exactly():
     m = tiny_model()
     rays = guidance.views_to_rays(**one_view(m, m.codes[0]))
-    x_T = torch.randn(2, 3 * m.cfg.code_ch, m.cfg.code_res, m.cfg.code_res,
+    x_T = torch.randn(2, 3, m.cfg.code_ch, m.cfg.code_res, m.cfg.code_res,
                       generator=torch.Generator().manual_seed(1))
     plain = ddim_sample(m.prior.denoise, x_T, m.prior.schedule, steps=4)
-    wrapped = guidance.guided_denoise(m.prior.denoise, m.prior.schedule, m.decoder, rays,
-                                      lambda_gd=0.0, omega=m.prior.omega,
-                                      n_samples=m.cfg.n_samples, code_ch=m.cfg.code_ch)
+    wrapped = guidance.GuidedDenoiser(m.prior.denoise, m.prior.schedule, m.decoder, rays,
+                                      lambda_gd=0.0, omega=m.prior.omega, n_samples=m.cfg.n_samples)
     same = ddim_sample(wrapped, x_T, m.prior.schedule, steps=4)
     assert len(wrapped.losses) == 4                              # it did render every step
     assert torch.equal(plain, same)
-    guided = guidance.guided_denoise(m.prior.denoise, m.prior.schedule, m.decoder, rays,
-                                     lambda_gd=1e3, omega=m.prior.omega,
-                                     n_samples=m.cfg.n_samples, code_ch=m.cfg.code_ch)
+    guided = guidance.GuidedDenoiser(m.prior.denoise, m.prior.schedule, m.decoder, rays,
+                                     lambda_gd=1e3, omega=m.prior.omega, n_samples=m.cfg.n_samples)
     assert not torch.equal(plain, ddim_sample(guided, x_T, m.prior.schedule, steps=4))
 
 
@@ -74,16 +72,17 @@ def test_guidance_gradient_flows_through_denoiser():
     """Eq. 5: the correction is grad wrt x_t THROUGH phi, i.e. J_phi^T grad_x0 L."""
     m = tiny_model()
     rays = guidance.views_to_rays(**one_view(m, m.codes[0], res=8))
-    x_t = torch.randn(1, 3 * m.cfg.code_ch, m.cfg.code_res, m.cfg.code_res)
+    x_t = torch.randn(1, 3, m.cfg.code_ch, m.cfg.code_res, m.cfg.code_res)
     t = torch.tensor([700])
     lam = 5.0
-    guided = guidance.guided_denoise(m.prior.denoise, m.prior.schedule, m.decoder, rays, lam,
-                                     m.prior.omega, m.cfg.n_samples, m.cfg.code_ch, clip=None)
+    guided = guidance.GuidedDenoiser(m.prior.denoise, m.prior.schedule, m.decoder, rays,
+                                     lambda_gd=lam, omega=m.prior.omega, n_samples=m.cfg.n_samples,
+                                     clip=None)
     out = guided(x_t, t)
     # reference: the same gradient by a vector-Jacobian product written out by hand
     x0 = m.prior.denoise(x_t, t).requires_grad_(True)
-    loss = guidance.observed_views_loss(m.decoder, x0.reshape(1, 3, m.cfg.code_ch, *x0.shape[-2:]),
-                                rays, m.cfg.n_samples, guidance.lambda_rend(1.0, 1))
+    loss = guidance.observed_views_loss(m.decoder, x0, rays, m.cfg.n_samples,
+                                        guidance.lambda_rend(1.0, 1))
     g_x0, = torch.autograd.grad(loss.sum(), x0)
     _, vjp = torch.autograd.functional.vjp(lambda z: m.prior.denoise(z, t), x_t, g_x0)
     a, s = m.prior.schedule.alpha_sigma(t)

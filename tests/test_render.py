@@ -113,6 +113,29 @@ def test_occupancy_skipping_agrees_with_dense_rendering_and_evaluates_less():
     assert -10 * torch.log10(mse) > 40
     assert count["n"] < n_dense / 3
     assert dense["acc"].max() > 0.99 and dense["acc"].min() < 0.01        # object and background
-    # a raw (B, G, G, G) bool grid works the same as the OccupancyGrid object
-    raw = render_image(field, c2w, K, 32, 32, 64, occupancy=occ.grid, early_stop=True)
-    assert torch.equal(raw["rgb"], fast["rgb"])
+
+
+def test_render_image_takes_v_cameras_per_scene():
+    """(B, V, 4, 4) cameras give (B, V, H, W, 3), view v of scene b equal to rendering that
+    scene from that one camera; K may be shared (3, 3) or per camera (B, V, 3, 3)."""
+    def field(xyz, dirs):
+        return ellipsoid_field(xyz, dirs)
+    c2w = cameras.orbit_poses(3, radius=2.6, elevation_deg=30)              # (3, 4, 4)
+    K = cameras.intrinsics(12)
+    cams = torch.stack([c2w, c2w.flip(0)])                                   # (2, 3, 4, 4)
+
+    class TwoScenes:                                                          # a 2-scene field
+        batch_size = 2
+
+        def __call__(self, xyz, dirs):
+            sigma, rgb = field(xyz, dirs)
+            return sigma * torch.tensor([[1.0], [0.5]]), rgb
+    multi = render_image(TwoScenes(), cams, K, 12, 12, 24)
+    assert multi["rgb"].shape == (2, 3, 12, 12, 3) and multi["depth"].shape == (2, 3, 12, 12)
+    for v in range(3):
+        one = render_image(TwoScenes(), cams[:, v], K, 12, 12, 24)           # (2, 12, 12, 3)
+        assert torch.allclose(multi["rgb"][:, v], one["rgb"], atol=1e-6)
+    per_cam = render_image(TwoScenes(), cams, K.expand(2, 3, 3, 3), 12, 12, 24)
+    assert torch.equal(per_cam["rgb"], multi["rgb"])
+    assert not torch.allclose(multi["rgb"][0], multi["rgb"][1])               # scenes differ
+

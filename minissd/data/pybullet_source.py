@@ -140,7 +140,7 @@ def _gl_view_matrix(c2w_pb: np.ndarray) -> list:
     return np.linalg.inv(c2w_gl).flatten(order="F").tolist()
 
 
-def render_views(p, body, client, c2w, K, res, centre, scale, supersample=2):
+def render_with_pybullet(p, body, client, c2w, K, res, centre, scale, supersample=2):
     """Images (V, res, res, 3) in [0,1] on white and object masks (V, res, res) in [0,1]
     for SRN-unit cameras c2w (V, 4, 4)."""
     fy = float(K[1, 1]) * supersample
@@ -216,7 +216,7 @@ def generate(out_dir, objects="duck", split="train", n_scenes=32, n_views=50, re
             g = torch.Generator().manual_seed(seed * 1000003 + i + (0 if split == "train" else 500000))
             c2w = (random_sphere_poses(n_views, RADIUS, generator=g) if split == "train"
                    else spiral_poses(n_views, RADIUS))
-            images, masks = render_views(p, body, client, c2w.numpy(), K.numpy(), resolution,
+            images, masks = render_with_pybullet(p, body, client, c2w.numpy(), K.numpy(), resolution,
                                          centre, scale)
             pts = (verts - centre) * scale                              # raw SRN units
             agree = projection_agreement(pts, c2w.numpy(), K.numpy(), masks)

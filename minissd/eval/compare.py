@@ -24,6 +24,7 @@ from minissd.config import Config
 from minissd.data.cameras import CAMERA_RADIUS, intrinsics, look_at, sphere_to_xyz
 from minissd.ssd.model import load_or_train
 from minissd.testtime.generate import render_views, sample_codes
+from minissd.utils import count_calls, randn
 
 
 def code_statistics(codes: torch.Tensor) -> dict:
@@ -100,23 +101,23 @@ def compare_gradient_caching(tr, k_in: int = 4) -> dict:
     saved_bank = copy.deepcopy(tr.bank.state_dict())
     saved_prior = copy.deepcopy(tr.prior.state_dict())
     saved_dec = copy.deepcopy(tr.decoder.state_dict())
-    img_shape = (len(idx), 3 * tr.cfg.code_ch, tr.cfg.code_res, tr.cfg.code_res)
+    shape = (len(idx), 3, tr.cfg.code_ch, tr.cfg.code_res, tr.cfg.code_res)
     t = tr.prior.sample_t(len(idx), tr.device, generator=tr.gen)
-    noise = torch.randn(img_shape, generator=tr.gen, device=tr.device)
+    noise = randn(shape, tr.gen, tr.device)
     result = {}
     for way in ("cached", "recomputed"):
         tr.bank.load_state_dict(copy.deepcopy(saved_bank))
-        calls0, t0, cos = tr.denoiser_calls, time.perf_counter(), []
-        g_cached, _ = tr.diffusion_grad(idx, False, t, noise)
-        for k in range(k_in):
-            g = g_cached
-            if way == "recomputed" and k > 0:
-                g, _ = tr.diffusion_grad(idx, False, t, noise)
-                cos.append(torch.nn.functional.cosine_similarity(
-                    g.flatten(), g_cached.flatten(), dim=0).item())
-            tr.rendering_step(idx, g, step_decoder=False)
-        result[way] = {"denoiser_passes": tr.denoiser_calls - calls0,
-                       "seconds": time.perf_counter() - t0}
+        t0, cos = time.perf_counter(), []
+        with count_calls(tr.prior.unet) as passes:
+            g_cached, _ = tr.diffusion_grad(idx, False, t, noise)
+            for k in range(k_in):
+                g = g_cached
+                if way == "recomputed" and k > 0:
+                    g, _ = tr.diffusion_grad(idx, False, t, noise)
+                    cos.append(torch.nn.functional.cosine_similarity(
+                        g.flatten(), g_cached.flatten(), dim=0).item())
+                tr.rendering_step(idx, g, step_decoder=False)
+        result[way] = {"denoiser_passes": passes.n, "seconds": time.perf_counter() - t0}
         if cos:
             result[way]["cosine_to_cached"] = cos
     tr.bank.load_state_dict(saved_bank)

@@ -192,25 +192,20 @@ def evaluate_codes(model, codes, data, views=None) -> dict:
 
 
 # ----------------------------------------------------------------------------- generation
-def _grid_density(model, code):
-    """density_fn(xyz (M,3)) -> (M,) of one code, memoised so several thresholds share it."""
-    field, cache = model.field(code[None].to(model.codes.device)), {}
-
-    def fn(xyz):
-        key = (len(xyz), tuple(xyz[0].tolist()), tuple(xyz[-1].tolist()))
-        if key not in cache:
-            cache[key] = field.density(xyz[None].to(model.codes.device))[0]
-        return cache[key]
-    return fn
+def code_density_grid(model, code, res: int = 48) -> torch.Tensor:
+    """The density of one code (3, C, R, R) at res^3 cell centres: (res, res, res)."""
+    field = model.field(code[None].to(model.codes.device))
+    return metrics.density_grid(lambda xyz: field.density(xyz[None])[0], res=res,
+                                device=model.codes.device)
 
 
 def surface_points(model, code, threshold: float, res: int = 48, n_points: int = 1024, seed: int = 0,
-                   density_fn=None):
-    """(P, 3) points on the density shell {sigma > threshold} of one code (P = 0 if empty)."""
+                   grid: torch.Tensor | None = None):
+    """(P, 3) points on the density shell {sigma > threshold} of one code (P = 0 if empty).
+    grid: its code_density_grid, when several thresholds share one evaluation."""
     g = torch.Generator().manual_seed(seed)
-    return metrics.points_from_density(density_fn or _grid_density(model, code), res=res,
-                                       threshold=threshold, n_points=n_points, generator=g,
-                                       device=model.codes.device).cpu()
+    grid = code_density_grid(model, code, res) if grid is None else grid
+    return metrics.points_from_grid(grid, threshold, n_points, generator=g).cpu()
 
 
 def calibrate_threshold(model, train_data, n_codes: int = 4, candidates=None, res: int = 48,
@@ -225,9 +220,9 @@ def calibrate_threshold(model, train_data, n_codes: int = 4, candidates=None, re
     cds = np.zeros((n, len(candidates)))
     for i in range(n):
         ref, _ = ds.surface(i)
-        fn = _grid_density(model, model.codes[i])
+        grid = code_density_grid(model, model.codes[i], res)           # one evaluation, 13 thresholds
         for j, t in enumerate(candidates):
-            p = surface_points(model, model.codes[i], t, res, n_points, seed=i, density_fn=fn)
+            p = surface_points(model, model.codes[i], t, res, n_points, seed=i, grid=grid)
             cds[i, j] = metrics.chamfer_distance(p, ref) if len(p) else math.inf
     curve = cds.mean(0)
     best = int(np.argmin(curve))

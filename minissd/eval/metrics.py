@@ -377,11 +377,27 @@ def points_from_density(density_fn, res=64, threshold=10.0, n_points=2048, bound
     6 neighbours empty; outside the grid counts as empty), and sample n_points uniformly
     inside random shell cells. Returns (n_points, 3), or (0, 3) if nothing is occupied.
     """
+    return points_from_grid(density_grid(density_fn, res, bound, chunk, device), threshold,
+                            n_points, bound, generator)
+
+
+def density_grid(density_fn, res=64, bound=1.0, chunk=65536, device="cpu") -> torch.Tensor:
+    """density_fn(xyz (M,3)) -> (M,) at the res^3 cell centres of [-bound, bound]^3:
+    (res, res, res), indexed (x, y, z)."""
     h = 2 * bound / res
     c = -bound + (torch.arange(res, device=device, dtype=torch.float32) + 0.5) * h
     xyz = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)  # (res^3,3)
     sigma = torch.cat([density_fn(xyz[i:i + chunk]).reshape(-1) for i in range(0, len(xyz), chunk)])
-    occ = (sigma > threshold).reshape(res, res, res)
+    return sigma.reshape(res, res, res)
+
+
+def points_from_grid(sigma: torch.Tensor, threshold=10.0, n_points=2048, bound=1.0,
+                     generator=None) -> torch.Tensor:
+    """points_from_density on a density grid already evaluated (density_grid), so several
+    thresholds share one evaluation. sigma (res, res, res) -> (n_points, 3) or (0, 3)."""
+    res, device = sigma.shape[0], sigma.device
+    h = 2 * bound / res
+    occ = sigma > threshold
     pad = F.pad(occ[None, None].float(), (1, 1, 1, 1, 1, 1))[0, 0]   # outside = empty
     all_nb = torch.ones_like(occ)
     for dim in range(3):

@@ -37,17 +37,13 @@ from minissd.nerf.decoder import TriplaneDecoder
 from minissd.nerf.occupancy import OccupancyGrid
 from minissd.nerf.render import render_image, render_rays
 from minissd.nerf.triplane import CodeBank, code_activation, make_field
+from minissd.utils import randint, to_device
 
 
 class RayBatch(NamedTuple):
     origins: torch.Tensor    # (B, N, 3)
     dirs: torch.Tensor       # (B, N, 3) unit length
     target: torch.Tensor     # (B, N, 3) pixel colours in [0, 1]
-
-
-def scene_data_to(scene_data: dict, device) -> dict:
-    """Move the tensors of a stacked dataset dict (SRNDataset.stack()) to device."""
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in scene_data.items()}
 
 
 def sample_rays(scene_data: dict, idx, n_rays: int, generator: torch.Generator | None = None) -> RayBatch:
@@ -61,9 +57,7 @@ def sample_rays(scene_data: dict, idx, n_rays: int, generator: torch.Generator |
     _, V, H, W, _ = images.shape
     idx = torch.as_tensor(idx, device=dev).long().reshape(-1, 1)        # (B, 1)
     B = idx.shape[0]
-    gdev = generator.device if generator is not None else dev
-    v, py, px = (torch.randint(n, (B, n_rays), generator=generator, device=gdev).to(dev)
-                 for n in (V, H, W))
+    v, py, px = (randint(n, (B, n_rays), generator, dev) for n in (V, H, W))
     target = images[idx, v, py, px]                                     # (B, n, 3)
     c2w = scene_data["c2w"][idx, v].reshape(-1, 4, 4)
     K = scene_data["K"][idx, v].reshape(-1, 3, 3)
@@ -190,22 +184,6 @@ def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def render_views(decoder, x: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, H: int, W: int,
-                 cfg, occupancy=None, chunk: int = 8192) -> torch.Tensor:
-    """Render V views of each of B scenes: x (B,3,C,R,R), c2w (B,V,4,4), K (B,V,3,3) or (3,3).
-
-    Returns rgb (B, V, H, W, 3).
-    """
-    B, V = c2w.shape[:2]
-    if K.dim() == 2:
-        K = K.expand(B, V, 3, 3)
-    field = make_field(decoder, x)
-    views = [render_image(field, c2w[:, v], K[:, v], H, W, cfg.n_samples, chunk=chunk,
-                          occupancy=occupancy, near_min=cfg.near_min)["rgb"] for v in range(V)]
-    return torch.stack(views, dim=1)
-
-
-@torch.no_grad()
 def heldout_psnr(decoder, x: torch.Tensor, scene_data: dict, cfg, occupancy=None) -> torch.Tensor:
     """Mean PSNR (dB) over all views of scene_data for each scene: x (B,...) -> (B,).
 
@@ -213,8 +191,9 @@ def heldout_psnr(decoder, x: torch.Tensor, scene_data: dict, cfg, occupancy=None
     """
     images = scene_data["images"].to(x.device)                          # (B, V, H, W, 3)
     H, W = images.shape[2:4]
-    pred = render_views(decoder, x, scene_data["c2w"].to(x.device), scene_data["K"].to(x.device),
-                        H, W, cfg, occupancy)
+    pred = render_image(make_field(decoder, x), scene_data["c2w"].to(x.device),
+                        scene_data["K"].to(x.device), H, W, cfg.n_samples, chunk=8192,
+                        occupancy=occupancy, near_min=cfg.near_min)["rgb"]   # (B, V, H, W, 3)
     mse = (pred.clamp(0, 1) - images).pow(2).mean(dim=(2, 3, 4))         # (B, V)
     return psnr_from_mse(mse).mean(dim=1)
 
@@ -238,7 +217,7 @@ def train_autodecoder(cfg, scene_data: dict, iters: int, device="cpu", bank: Cod
     Returns (bank, decoder, log); bank.occupancy holds the scenes' OccupancyGrid (or None).
     """
     device = torch.device(device)
-    data = scene_data_to(scene_data, device)
+    data = to_device(scene_data, device)
     N, V = data["images"].shape[:2]
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)

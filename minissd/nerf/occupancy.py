@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from minissd.utils import rand
 
 
 def cell_index(pts: torch.Tensor, res: int, bound: float = 1.0) -> torch.Tensor:
@@ -44,8 +45,7 @@ def cell_points(res: int, bound: float = 1.0, n_jitter: int = 4, generator=None,
     """Cell centres plus n_jitter uniform points per cell: (G^3, 1 + n_jitter, 3)."""
     i = torch.arange(res, device=device, dtype=torch.float32)
     ijk = torch.stack(torch.meshgrid(i, i, i, indexing="ij"), dim=-1).reshape(-1, 1, 3)
-    u = torch.rand((ijk.shape[0], n_jitter, 3), generator=generator,
-                   device=generator.device if generator is not None else device).to(device)
+    u = rand((ijk.shape[0], n_jitter, 3), generator, device)
     u = torch.cat([torch.full_like(u[:, :1], 0.5), u], dim=1)          # centre + jitter
     return -bound + (ijk + u) * (2 * bound / res)
 

@@ -26,7 +26,7 @@ import math
 import torch
 
 from minissd.data.cameras import pixel_rays, ray_box
-from minissd.nerf.occupancy import query_grid
+from minissd.utils import rand
 
 STOP_EPS = 1e-4     # early termination threshold on the transmittance
 
@@ -62,9 +62,7 @@ def sample_along_rays(near: torch.Tensor, far: torch.Tensor, n_samples: int,
     """
     S = n_samples
     if stratified:
-        u = torch.rand(near.shape + (S,), generator=generator,
-                       device=generator.device if generator is not None else near.device)
-        u = u.to(near.device, near.dtype)
+        u = rand(near.shape + (S,), generator, near.device).to(near.dtype)
     else:
         u = torch.full(near.shape + (S,), 0.5, device=near.device, dtype=near.dtype)
     width = (far - near)[..., None] / S                                 # (..., 1)
@@ -103,8 +101,8 @@ def render_rays(field, origins: torch.Tensor, dirs: torch.Tensor, n_samples: int
                 stop_eps: float = STOP_EPS, return_samples: bool = False) -> dict:
     """Render rays of B scenes through `field` (see triplane.make_field).
 
-    origins, dirs: (B, N, 3) (dirs unit length). occupancy: None, an
-    occupancy.OccupancyGrid of B scenes, or a bool tensor (B, G, G, G). segments > 1
+    origins, dirs: (B, N, 3) (dirs unit length). occupancy: None or an
+    occupancy.OccupancyGrid of the same B scenes. segments > 1
     marches the samples in that many pieces and stops evaluating rays whose transmittance
     fell below stop_eps (same image, fewer field calls; worth it in render_image).
     Returns {"rgb": (B, N, 3), "acc": (B, N), "depth": (B, N)} (+ samples if asked).
@@ -116,7 +114,7 @@ def render_rays(field, origins: torch.Tensor, dirs: torch.Tensor, n_samples: int
     pts = origins[:, :, None, :] + dirs[:, :, None, :] * t[..., None]  # (B, N, S, 3)
     mask = hit[..., None].expand(B, N, S)
     if occupancy is not None:
-        mask = mask & _query(occupancy, pts.reshape(B, -1, 3), bound).reshape(B, N, S)
+        mask = mask & occupancy.query(pts.reshape(B, -1, 3)).reshape(B, N, S)
     dirs_s = dirs[:, :, None, :].expand(B, N, S, 3)
 
     T = origins.new_ones(B, N)
@@ -145,36 +143,34 @@ def render_rays(field, origins: torch.Tensor, dirs: torch.Tensor, n_samples: int
     return result
 
 
-def _query(occupancy, pts: torch.Tensor, bound: float) -> torch.Tensor:
-    if hasattr(occupancy, "query"):
-        return occupancy.query(pts)
-    return query_grid(occupancy, pts, bound)
-
-
 @torch.no_grad()
 def render_image(field, c2w: torch.Tensor, K: torch.Tensor, H: int, W: int, n_samples: int,
                  chunk: int = 4096, occupancy=None, near_min: float = 0.2,
                  bound: float = 1.0, early_stop: bool = True, segment_len: int = 16) -> dict:
-    """Render whole images of B scenes (one camera per scene), chunked, without grad.
+    """Render whole images of B scenes, chunked, without grad.
 
-    c2w: (B, 4, 4); K: (B, 3, 3) or (3, 3). chunk = rays per field call for all B scenes
-    together. early_stop marches segments of `segment_len` samples and drops rays whose
-    transmittance died. Returns rgb (B, H, W, 3), acc (B, H, W), depth (B, H, W).
+    c2w: (B, 4, 4), one camera per scene, or (B, V, 4, 4), V cameras per scene.
+    K: (3, 3) for all, or one per camera: (B, 3, 3) / (B, V, 3, 3) like c2w.
+    chunk = rays per field call for all B scenes together. early_stop marches segments of
+    `segment_len` samples and drops rays whose transmittance died. Returns rgb
+    (B, [V,] H, W, 3), acc (B, [V,] H, W), depth (B, [V,] H, W): V present iff c2w has it.
     """
-    B = c2w.shape[0]
-    nb = getattr(field, "batch_size", B)
+    per_view = c2w.dim() == 4
+    cams = c2w if per_view else c2w[:, None]                            # (B, V, 4, 4)
+    B, V = cams.shape[:2]
+    nb = getattr(field, "batch_size", B)          # a TriplaneField knows; a plain callable not
     if nb != B:
-        raise ValueError(f"render.render_image: {B} cameras for a field of {nb} scenes "
-                         "(one camera per scene; loop over views)")
-    if K.dim() == 2:
-        K = K.expand(B, 3, 3)
-    origins, dirs = pixel_rays(c2w, K.to(c2w), H, W)                    # (B, H, W, 3)
-    origins, dirs = origins.reshape(B, -1, 3), dirs.reshape(B, -1, 3)
+        raise ValueError(f"render.render_image: cameras for {B} scenes, a field of {nb} scenes")
+    K = K.to(c2w)
+    K = K.expand(B, V, 3, 3) if K.dim() == 2 else (K if per_view else K[:, None])
+    origins, dirs = pixel_rays(cams.reshape(B * V, 4, 4), K.reshape(B * V, 3, 3), H, W)
+    origins, dirs = origins.reshape(B, V * H * W, 3), dirs.reshape(B, V * H * W, 3)
     per = max(1, chunk // B)
     segments = math.ceil(n_samples / segment_len) if early_stop else 1
     outs = [render_rays(field, origins[:, i:i + per], dirs[:, i:i + per], n_samples,
                         near_min=near_min, occupancy=occupancy, bound=bound, segments=segments)
-            for i in range(0, H * W, per)]
-    return {"rgb": torch.cat([o["rgb"] for o in outs], 1).reshape(B, H, W, 3),
-            "acc": torch.cat([o["acc"] for o in outs], 1).reshape(B, H, W),
-            "depth": torch.cat([o["depth"] for o in outs], 1).reshape(B, H, W)}
+            for i in range(0, V * H * W, per)]
+    shape = (B, V, H, W) if per_view else (B, H, W)
+    return {"rgb": torch.cat([o["rgb"] for o in outs], 1).reshape(*shape, 3),
+            "acc": torch.cat([o["acc"] for o in outs], 1).reshape(shape),
+            "depth": torch.cat([o["depth"] for o in outs], 1).reshape(shape)}

@@ -76,22 +76,31 @@ def image_to_planes(img: torch.Tensor, C: int) -> torch.Tensor:
     return img.reshape(B, 3, C, R, R2)
 
 
-def make_field(decoder, x: torch.Tensor):
-    """The radiance fields of a batch of scenes as one callable.
+class TriplaneField:
+    """The radiance fields of a batch of scenes: decoder psi reading triplanes x.
 
-    x: (B, 3, C, R, R) activated codes. Returns field(xyz (B, M, 3), dirs (B, M, 3)) ->
+    x: (B, 3, C, R, R) activated codes. `field(xyz (B, M, 3), dirs (B, M, 3))` ->
     (sigma (B, M), rgb (B, M, 3)); `field.density(xyz) -> (B, M)` skips the colour branch
-    (used to build occupancy grids). The renderer only ever sees this callable.
+    (occupancy grids use it); `field.batch_size` = B. The renderer only ever calls these.
     """
-    def field(xyz, dirs):
-        return decoder(sample_triplane(x, xyz), dirs)
 
-    def density(xyz):
-        return decoder.density(sample_triplane(x, xyz))
+    def __init__(self, decoder, x: torch.Tensor):
+        self.decoder, self.x = decoder, x
 
-    field.density = density
-    field.batch_size = x.shape[0]
-    return field
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+    def __call__(self, xyz: torch.Tensor, dirs: torch.Tensor):
+        return self.decoder(sample_triplane(self.x, xyz), dirs)
+
+    def density(self, xyz: torch.Tensor) -> torch.Tensor:
+        return self.decoder.density(sample_triplane(self.x, xyz))
+
+
+def make_field(decoder, x: torch.Tensor) -> TriplaneField:
+    """The field callable of codes x (B, 3, C, R, R) (see TriplaneField)."""
+    return TriplaneField(decoder, x)
 
 
 class CodeBank:
@@ -102,7 +111,8 @@ class CodeBank:
 
     for the scenes i in the batch only; other scenes keep their code, moments and k_i.
     Plain tensors (not an nn.Module): the bank lives on `device`, which may differ from
-    the training device for very large datasets.
+    the training device for very large datasets. `occupancy` holds the scenes' occupancy
+    grids when the auto-decoder maintains them (None otherwise).
     """
 
     def __init__(self, n_scenes: int, C: int, R: int, device="cpu", init_scale: float = 1e-4,
@@ -114,6 +124,9 @@ class CodeBank:
         self.exp_avg_sq = torch.zeros_like(self.codes_)
         self.step = torch.zeros(n_scenes, dtype=torch.long, device=self.device)
         self.betas, self.eps = tuple(betas), eps
+        # the scenes' empty-space grids (occupancy.OccupancyGrid, or None: no skipping);
+        # autodecoder.train_autodecoder / refresh_occupancy keep it current
+        self.occupancy = None
 
     def __len__(self) -> int:
         return self.codes_.shape[0]
@@ -132,6 +145,17 @@ class CodeBank:
         """x = 2 tanh(code_) for the scenes idx (all if None), detached."""
         c = self.codes_ if idx is None else self.codes_[torch.as_tensor(idx, device=self.device)]
         return code_activation(c)
+
+    @torch.no_grad()
+    def set_activated(self, idx: torch.Tensor, x: torch.Tensor) -> None:
+        """Overwrite the codes of scenes idx with activated codes x (B or 1, 3, C, R, R)."""
+        idx = torch.as_tensor(idx, device=self.device)
+        self.codes_[idx] = code_inverse_activation(x).to(self.codes_)
+
+    def fresh(self, idx: torch.Tensor) -> torch.Tensor:
+        """The scenes of idx whose code has not been stepped yet."""
+        idx = torch.as_tensor(idx, device=self.device)
+        return idx[self.step[idx] == 0]
 
     @torch.no_grad()
     def adam_step(self, idx: torch.Tensor, grad: torch.Tensor, lr: float):

@@ -31,20 +31,13 @@ import torch
 import torch.nn as nn
 
 from minissd.nerf.triplane import code_activation, planes_to_image
+from minissd.utils import clip_x0, randint, randn_like
 from minissd.prior.unet import UNet
 
 
 def _bc(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Broadcast per-sample scalars a (B,) against x (B, ...)."""
     return a.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-
-
-def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Standard normal noise shaped like x, drawn from `generator` (on its own device)."""
-    if generator is None:
-        return torch.randn_like(x)
-    z = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
-    return z.to(x.device)
 
 
 # --- the noise schedule --------------------------------------------------------------
@@ -138,20 +131,22 @@ class DiffusionPrior(nn.Module):
         self.register_buffer("x0_sq_ema", torch.ones(()))
 
     def forward(self, x_t, t):
-        """v_hat (B, ...) = phi(x_t, t)."""
+        """v_hat = phi(x_t, t), same shape as x_t. Triplane codes (B, 3, C, R, R) are
+        stacked into the (B, 3C, R, R) image the UNet sees and unstacked after: the one
+        place where the triplane layout changes (the official code converts in one place
+        too). Any other shape (B, ...) goes to the network as it is (e.g. the 2-D toy)."""
+        if x_t.dim() == 5:
+            return self.unet(planes_to_image(x_t), t).view_as(x_t)
         return self.unet(x_t, t)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x0_hat = alpha_t x_t - sigma_t v_hat, clipped to +-clip. x_t (B, ...), t (B,)."""
         alpha, sigma = self.schedule.alpha_sigma(t)
-        x0 = x0_from_v(x_t, self.unet(x_t, t), alpha, sigma)
-        return x0.clamp(-self.clip, self.clip) if self.clip else x0
+        return clip_x0(x0_from_v(x_t, self(x_t, t), alpha, sigma), self.clip)
 
     def sample_t(self, batch: int, device, generator=None) -> torch.Tensor:
         """t ~ Uniform{0, ..., T-1}, shape (B,)."""
-        dev = generator.device if generator is not None else device
-        return torch.randint(0, self.schedule.T, (batch,), generator=generator,
-                             device=dev).to(device)
+        return randint(self.schedule.T, (batch,), generator, device)
 
     def loss(self, x0: torch.Tensor, t=None, noise=None, generator=None) -> torch.Tensor:
         """Per-scene 0.5 * w(t) * mean((x0_hat - x0)^2) -> (B,). Differentiable w.r.t.
@@ -163,7 +158,7 @@ class DiffusionPrior(nn.Module):
             noise = randn_like(x0, generator)
         alpha, sigma = self.schedule.alpha_sigma(t)                         # (B,), (B,)
         x_t = q_sample(x0, noise, alpha, sigma)                             # (B, ...)
-        x0_hat = x0_from_v(x_t, self.unet(x_t, t), alpha, sigma)            # (B, ...)
+        x0_hat = x0_from_v(x_t, self(x_t, t), alpha, sigma)                 # (B, ...)
         err = (x0_hat - x0).pow(2).flatten(1).mean(1)                       # (B,)
         return 0.5 * loss_weight(alpha, sigma, self.omega).to(err.dtype) * err
 
@@ -193,7 +188,7 @@ def prior_gradient(prior: DiffusionPrior, code_: torch.Tensor, c: float, *, gene
     """
     with torch.enable_grad():
         code_ = code_.detach().requires_grad_(code_grad)
-        x0 = planes_to_image(code_activation(code_))                    # (B, 3C, R, R)
+        x0 = code_activation(code_)                                     # (B, 3, C, R, R)
         loss = prior.loss(x0, t=t, noise=noise, generator=generator)    # (B,)
         (prior.lambda_diff(c) * scale * loss.sum()).backward()
     return (code_.grad.detach() if code_grad else None), float(loss.detach().mean())

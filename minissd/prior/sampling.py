@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from minissd.prior.diffusion import eps_from_x0, randn_like
+from minissd.prior.diffusion import eps_from_x0
+from minissd.utils import clip_x0, randn_like
 
 
 def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
@@ -38,10 +39,6 @@ def _alpha_sigma(schedule, t: int, x: torch.Tensor):
     tt = torch.full((B,), int(t), dtype=torch.long, device=x.device)
     a, s = schedule.alpha_sigma(tt)
     return a.to(x.dtype), s.to(x.dtype)
-
-
-def _clip(x0, clip):
-    return x0.clamp(-clip, clip) if clip else x0
 
 
 def ddim_step(x0_hat, x_t, t: int, s: int, schedule, eta=0.0, generator=None):
@@ -74,7 +71,7 @@ def ddim_sample(denoise, x_T, schedule, steps: int = 50, eta: float = 0.0, gener
     for i, t in enumerate(it):
         s = ts[i + 1] if i + 1 < len(ts) else -1
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        x0_hat = _clip(denoise(x, tt), clip)
+        x0_hat = clip_x0(denoise(x, tt), clip)
         if callback is not None:
             callback(i, t, x, x0_hat)
         x = ddim_step(x0_hat, x, t, s, schedule, eta, generator)

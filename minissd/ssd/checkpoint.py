@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 import zipfile
 
 import torch
 
 from minissd.errors import RunLocked
+from minissd.utils import TMP_PREFIX, remove_quietly, umask_mode, write_atomic  # noqa: F401
 
-TMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"
 
 # fields that may change between a run and its resumption without changing the model
@@ -33,43 +32,6 @@ RESUMABLE_FIELDS = ("iters", "ckpt_every")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, not ours, or made with another config."""
-
-
-def _umask_mode(mode: int = 0o666) -> int:
-    """`mode` less the process umask: the permissions open() would give a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mode & ~mask
-
-
-def write_atomic(path: str, write, binary: bool = True) -> str:
-    """Call write(file) on a uniquely named temporary file beside `path`, fsync it, give it
-    the user's normal permissions and rename it over `path`; nothing is left behind on
-    failure. An OSError (a full disk) is re-raised naming `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix="-" + os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except OSError as e:
-        _remove_quietly(tmp)
-        raise OSError(e.errno, f"{e.strerror or e} (writing {path})", path) from e
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return path
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def save_atomic(path: str, obj: dict) -> str:
@@ -84,7 +46,7 @@ def remove_orphans(folder: str) -> list[str]:
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
         path = os.path.join(folder, name)
         if name.startswith(TMP_PREFIX) and os.path.isfile(path):
-            _remove_quietly(path)
+            remove_quietly(path)
             gone.append(path)
     return gone
 
@@ -168,7 +130,7 @@ class RunLock:
         if os.path.exists(self.folder) and not os.path.isdir(self.folder):
             raise RunLocked(f"{self.folder}: exists and is not a folder")
         os.makedirs(self.folder, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _umask_mode())
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, umask_mode())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

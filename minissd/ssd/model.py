@@ -30,10 +30,11 @@ from minissd.config import Config, TestConfig, cache_dir, pick_device, preset_fo
 from minissd.data.procedural import ensure_dataset
 from minissd.data.srn import SRNDataset
 from minissd.nerf.decoder import TriplaneDecoder
-from minissd.nerf.triplane import code_activation, make_field
+from minissd.nerf.triplane import make_field
 from minissd.prior.diffusion import DiffusionPrior
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd.train import MODES, Trainer, sparse_view_ids
+from minissd.utils import to_device
 
 MODEL_FORMAT = "minissd-model-v1"
 # the repository's assets/ (a checkout or an editable install; train_assets.py writes here)
@@ -93,7 +94,7 @@ class Model:
         dec, prior = TriplaneDecoder(tr.cfg.code_ch, tr.cfg.dec_hidden), DiffusionPrior(tr.cfg)
         dec.load_state_dict(tr.ema_decoder.state_dict())
         prior.load_state_dict(tr.ema_prior.state_dict())
-        codes = code_activation(tr.bank.codes_).detach()
+        codes = tr.bank.activated().detach()
         return cls(tr.cfg, tr.mode, _frozen(dec), _frozen(prior), codes,
                    list(tr.data.get("names", [])), list(tr.log), dict(meta or {}))
 
@@ -147,7 +148,7 @@ def load_training_data(data_dir: str, cfg: Config, device="cpu") -> dict:
     views = sparse_view_ids(n_views, cfg.views_per_scene)
     ds = SRNDataset(data_dir, resolution=cfg.image_res, views=views)
     data = ds.stack()
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in data.items()}
+    return to_device(data, device)
 
 
 def data_id(data_dir: str, n_scenes: int) -> str:

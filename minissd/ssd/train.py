@@ -56,10 +56,11 @@ from minissd.errors import TrainingDiverged
 from minissd.nerf.autodecoder import code_step, sample_rays
 from minissd.nerf.decoder import TriplaneDecoder
 from minissd.nerf.occupancy import OccupancyGrid
-from minissd.nerf.triplane import CodeBank, code_activation, code_inverse_activation, make_field
+from minissd.nerf.triplane import CodeBank, code_activation, make_field
 from minissd.prior.diffusion import DiffusionPrior, prior_gradient
 from minissd.prior.ema import ema_beta_at, ema_copy, ema_update
 from minissd.ssd import checkpoint as ckpt
+from minissd.utils import evenly_spaced, to_device
 
 FORMAT = "minissd-train-v2"      # v2: mean_code (stage-1 init), EMA ramp-up
 MAX_RAYS_PER_PASS = 2048
@@ -68,9 +69,7 @@ MODES = ("single-stage", "two-stage")
 
 def sparse_view_ids(n_views: int, k: int) -> list[int]:
     """k fixed views spread over the n_views of a scene (the paper's 3 views: 0, 24, 49)."""
-    if k <= 0 or k >= n_views:
-        return list(range(n_views))
-    return [round(i * (n_views - 1) / (k - 1)) for i in range(k)] if k > 1 else [0]
+    return evenly_spaced(n_views, k)
 
 
 def warmup_factor(it: int, warmup: int) -> float:
@@ -89,8 +88,7 @@ class Trainer:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.cfg, self.mode, self.device, self.out_dir = cfg, mode, torch.device(device), out_dir
-        self.data = {k: v.to(self.device) if torch.is_tensor(v) else v
-                     for k, v in scene_data.items()}
+        self.data = to_device(scene_data, self.device)
         self.n_scenes, self.n_views = self.data["images"].shape[:2]
         self.data_id = data_id or f"{self.n_scenes}x{self.n_views}"
         torch.manual_seed(cfg.seed)
@@ -107,7 +105,6 @@ class Trainer:
         self.mean_code = torch.zeros(3, cfg.code_ch, cfg.code_res, cfg.code_res, device=self.device)
         self.it = 0
         self.log: list[dict] = []
-        self.denoiser_calls = 0          # counted so tests can check the gradient cache
 
     # ---------------------------------------------------------------- schedule ----
     @property
@@ -148,7 +145,6 @@ class Trainer:
         step, and the gradient on the codes returned as the cached prior gradient
         (None when code_grad=False: the codes are data, as in stage 2 of the baseline).
         (t, noise) default to fresh draws from the trainer's generator."""
-        self.denoiser_calls += 1
         self.opt_prior.zero_grad(set_to_none=True)
         code_ = self.bank.get(idx)                                          # (B, 3, C, R, R)
         g, loss = prior_gradient(self.prior, code_, self.cfg.c_diff, generator=self.gen, t=t,
@@ -200,7 +196,7 @@ class Trainer:
         """Rebuild the batch's occupancy grids from the current density (once per outer
         iteration, as the official code does; cells stay occupied during warm-up)."""
         if self.it >= self.cfg.occ_warmup:
-            field = make_field(self.decoder, code_activation(self.bank.codes_[idx]))
+            field = make_field(self.decoder, self.bank.activated(idx))
             self.occupancy.refresh(field, idx, self.cfg.occ_threshold, n_jitter=1,
                                    generator=self.gen)
 
@@ -208,9 +204,9 @@ class Trainer:
     def init_from_mean(self, idx: torch.Tensor):
         """Stage 1 of the baseline starts each scene's code from the running mean code
         when the scene is first drawn (the official `init_from_mean`)."""
-        new = idx[self.bank.step[idx] == 0]
+        new = self.bank.fresh(idx)
         if len(new):
-            self.bank.codes_[new] = code_inverse_activation(self.mean_code).to(self.bank.codes_)
+            self.bank.set_activated(new, self.mean_code[None])
 
     @torch.no_grad()
     def update_mean_code(self, idx: torch.Tensor, momentum: float = 1e-3):

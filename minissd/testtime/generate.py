@@ -1,7 +1,10 @@
 """Unconditional generation: x_T ~ N(0, I) -> DDIM (eta = 0) with the EMA denoiser -> x0.
 
-    x_T ~ N(0, I)  (3C, R, R);   x_{t_{i+1}} = DDIM(x_{t_i}, x0_hat = phi_EMA(x_{t_i}, t_i))
-    x = image_to_planes(x0)      a triplane NeRF, rendered by the (EMA) decoder psi
+    x_T ~ N(0, I)  (3, C, R, R);   x_{t_{i+1}} = DDIM(x_{t_i}, x0_hat = phi_EMA(x_{t_i}, t_i))
+    x = x0                       a triplane NeRF, rendered by the (EMA) decoder psi
+
+Everything here is in the triplane layout (B, 3, C, R, R); the prior stacks the planes
+into the (B, 3C, R, R) image its UNet sees internally.
 
 DDIM with eta = 0 is a deterministic map from noise to code, so
   * a turntable is the same code rendered from an orbit of cameras at the training
@@ -24,27 +27,23 @@ from tqdm.auto import tqdm
 
 from minissd.data.cameras import CAMERA_RADIUS, intrinsics, orbit_poses
 from minissd.nerf.render import render_image
-from minissd.nerf.triplane import image_to_planes
-from minissd.prior.diffusion import randn_like
 from minissd.prior.sampling import ddim_sample
+from minissd.utils import randn
 
 
 
 def noise(model, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x_T ~ N(0, I): (n, 3C, R, R) on the model's device."""
+    """x_T ~ N(0, I) in the triplane layout: (n, 3, C, R, R) on the model's device."""
     cfg = model.cfg
-    shape = (n, 3 * cfg.code_ch, cfg.code_res, cfg.code_res)
-    dev = model.codes.device
-    return randn_like(torch.empty(shape, device=dev), generator)
+    return randn((n, 3, cfg.code_ch, cfg.code_res, cfg.code_res), generator, model.codes.device)
 
 
 @torch.no_grad()
 def codes_from_noise(model, x_T: torch.Tensor, steps: int | None = None, callback=None,
                      progress: bool = False) -> torch.Tensor:
-    """DDIM (eta = 0) from x_T (B, 3C, R, R) -> codes (B, 3, C, R, R)."""
-    x0 = ddim_sample(model.prior.denoise, x_T, model.prior.schedule,
-                     steps=steps or model.cfg.ddim_steps, callback=callback, progress=progress)
-    return image_to_planes(x0, model.cfg.code_ch)
+    """DDIM (eta = 0) from x_T (B, 3, C, R, R) -> codes (B, 3, C, R, R)."""
+    return ddim_sample(model.prior.denoise, x_T, model.prior.schedule,
+                       steps=steps or model.cfg.ddim_steps, callback=callback, progress=progress)
 
 
 def sample_codes(model, n: int, steps: int | None = None,
@@ -57,19 +56,17 @@ def sample_codes(model, n: int, steps: int | None = None,
 def render_views(model, code: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor | None = None,
                  res: int | None = None, n_samples: int | None = None, batch: int = 8,
                  progress: bool = False) -> torch.Tensor:
-    """Render one code (3, C, R, R) from V cameras c2w (V, 4, 4) -> (V, H, W, 3) in [0, 1]."""
+    """Render one code (3, C, R, R) from V cameras c2w (V, 4, 4), `batch` cameras per
+    render_image call -> (V, H, W, 3) in [0, 1] on the CPU. K: (3, 3) or (V, 3, 3)."""
     res = res or model.cfg.image_res
-    K = intrinsics(res) if K is None else K
     dev = code.device
-    c2w = c2w.to(dev)
-    K = K.to(dev)
+    c2w, K = c2w.to(dev), (intrinsics(res) if K is None else K).to(dev)
+    field = model.field(code[None])                                     # a field of 1 scene
     out = []
     for i in tqdm(range(0, len(c2w), batch), desc="render", disable=not progress, leave=False):
-        cams = c2w[i:i + batch]
-        k = K[i:i + batch] if K.dim() == 3 else K
-        x = code[None].expand(len(cams), *code.shape)
-        out.append(render_image(model.field(x), cams, k, res, res,
-                                n_samples or model.cfg.n_samples)["rgb"].clamp(0, 1))
+        k = K[None, i:i + batch] if K.dim() == 3 else K                 # (1, v, 3, 3) or (3, 3)
+        out.append(render_image(field, c2w[None, i:i + batch], k, res, res,
+                                n_samples or model.cfg.n_samples)["rgb"][0].clamp(0, 1))
     return torch.cat(out).cpu()
 
 
@@ -108,12 +105,12 @@ def save_gif(frames: torch.Tensor, path: str, fps: int = 12) -> str:
 
 def interpolate_noise(x_a: torch.Tensor, x_b: torch.Tensor, n: int,
                       mode: str = "linear") -> torch.Tensor:
-    """n points from x_a to x_b (each (3C, R, R)) -> (n, 3C, R, R), end points exact.
+    """n points from x_a to x_b (each (3, C, R, R)) -> (n, 3, C, R, R), end points exact.
 
     "linear" is (1 - w) x_a + w x_b; its norm sags mid-way (variance (1-w)^2 + w^2 < 1),
     which DDIM sees as an unusually quiet x_T. "slerp" follows the great circle and keeps
     the norm of Gaussian noise."""
-    w = torch.linspace(0, 1, n, device=x_a.device).reshape(n, 1, 1, 1)
+    w = torch.linspace(0, 1, n, device=x_a.device).reshape(n, *([1] * x_a.dim()))
     if mode == "linear":
         return (1 - w) * x_a + w * x_b
     if mode != "slerp":
@@ -127,7 +124,7 @@ def interpolate_noise(x_a: torch.Tensor, x_b: torch.Tensor, n: int,
 
 def interpolate(model, x_a: torch.Tensor, x_b: torch.Tensor, n: int = 5, steps: int | None = None,
                 mode: str = "linear") -> torch.Tensor:
-    """Codes (n, 3, C, R, R) along the noise path x_a -> x_b (x_* (3C, R, R) noises)."""
+    """Codes (n, 3, C, R, R) along the noise path x_a -> x_b (x_* (3, C, R, R) noises)."""
     return codes_from_noise(model, interpolate_noise(x_a, x_b, n, mode), steps)
 
 

@@ -13,10 +13,10 @@ p(y | x_t) times sigma^2 / alpha is the x0 correction of a Gaussian likelihood);
 the same SNR weight as the diffusion loss. For omega = 0.5 the factor is just sigma_t:
 guidance is strong while the sample is noisy and fades as t -> 0.
 
-`guided_denoise` wraps any `denoise(x_t, t) -> x0_hat` callable, so the DDIM loop in
-sampling.py is untouched:
+`GuidedDenoiser` wraps any `denoise(x_t, t) -> x0_hat` callable, so the DDIM loop in
+sampling.py is untouched (its `step` is the one guided correction, for loops written out):
 
-    guided = guided_denoise(prior.denoise, prior.schedule, decoder, rays, lambda_gd=..., ...)
+    guided = GuidedDenoiser(prior.denoise, prior.schedule, decoder, rays, lambda_gd=..., ...)
     x0 = sampling.ddim_sample(guided, x_T, prior.schedule, steps=75)
 
 Choices made here (documented departures):
@@ -38,8 +38,9 @@ import torch
 from minissd.data.cameras import pixel_rays
 from minissd.nerf.autodecoder import lambda_rend
 from minissd.nerf.render import render_rays
-from minissd.nerf.triplane import image_to_planes, make_field
+from minissd.nerf.triplane import make_field
 from minissd.prior.sampling import ddim_sample
+from minissd.utils import clip_x0, randperm
 
 # The default guidance scale lives in config.TestConfig.lambda_gd (one value for every
 # entry point). reconstruct.py calls guidance with c_rend = 1: the training constant
@@ -66,8 +67,7 @@ def subset_rays(rays, n: int | None, generator: torch.Generator | None = None):
     N = origins.shape[1]
     if n is None or n >= N:
         return rays
-    dev = generator.device if generator is not None else origins.device
-    idx = torch.randperm(N, generator=generator, device=dev)[:n].to(origins.device)
+    idx = randperm(N, generator, origins.device)[:n]
     return origins[:, idx], dirs[:, idx], target[:, idx]
 
 
@@ -88,51 +88,62 @@ def guidance_scale(alpha: torch.Tensor, sigma: torch.Tensor, omega: float) -> to
     return sigma ** 2 / alpha * (alpha / sigma) ** (2 * omega)
 
 
-def guided_denoise(denoise, schedule, decoder, rays, lambda_gd: float, omega: float,
-                   n_samples: int, code_ch: int, n_views: int = 1, c_rend: float = 1.0,
-                   rays_per_step: int | None = None, generator: torch.Generator | None = None,
-                   near_min: float = 0.2, clip: float = 2.0):
-    """Wrap `denoise(x_t, t) -> x0_hat` (x_t (B, 3C, R, R)) with eq. 5-6 guidance.
+class GuidedDenoiser:
+    """`denoise(x_t, t) -> x0_hat` with eq. (5)-(6) guidance towards the observed rays.
 
     rays = (origins (B, N, 3), dirs (B, N, 3), target (B, N, 3)) of the observed pixels
-    (B may be 1 and broadcast over the batch). The returned callable records the
-    rendering loss of every call in `.losses` (a list of floats, mean over the batch).
+    (B may be 1 and broadcast over the batch); x_t is in the triplane layout
+    (B, 3, C, R, R). `step(x_t, t)` is one guided x0 correction and returns it with the
+    rendering loss; calling the object does the same and records the loss (mean over the
+    batch) in `self.losses`, one float per DDIM step.
     """
-    lam = lambda_rend(c_rend, n_views) / n_views     # eq. (1)'s weight of a SUM over N_v views
-    n_total = rays[0].shape[1]
 
-    def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __init__(self, denoise, schedule, decoder, rays, *, lambda_gd: float, omega: float,
+                 n_samples: int, n_views: int = 1, c_rend: float = 1.0,
+                 rays_per_step: int | None = None, generator: torch.Generator | None = None,
+                 near_min: float = 0.2, clip: float | None = 2.0):
+        self.denoise, self.schedule, self.decoder, self.rays = denoise, schedule, decoder, rays
+        self.lambda_gd, self.omega, self.n_samples, self.near_min = lambda_gd, omega, n_samples, near_min
+        self.lam = lambda_rend(c_rend, n_views) / n_views   # eq. (1)'s weight of a SUM over N_v views
+        self.rays_per_step, self.generator, self.clip = rays_per_step, generator, clip
+        self.losses: list[float] = []
+
+    def step(self, x_t: torch.Tensor, t: torch.Tensor):
+        """One guided x0 correction (eq. 5-6): (x0 (B, ...) clipped, loss (B,))."""
         B = x_t.shape[0]
         with torch.enable_grad():
             x_in = x_t.detach().requires_grad_(True)
-            x0_hat = denoise(x_in, t)                                    # (B, 3C, R, R)
-            o, d, y = subset_rays(rays, rays_per_step, generator)
+            x0_hat = self.denoise(x_in, t)                               # (B, 3, C, R, R)
+            o, d, y = subset_rays(self.rays, self.rays_per_step, self.generator)
             o, d, y = (r.expand(B, -1, -1) for r in (o, d, y))
-            loss = observed_views_loss(decoder, image_to_planes(x0_hat, code_ch), (o, d, y),
-                               n_samples, lam, near_min, n_total)        # (B,)
-            # sum over scenes: each scene's gradient is its own loss's gradient
-            g, = torch.autograd.grad(loss.sum(), x_in)                   # (B, 3C, R, R)
-        guided.losses.append(float(loss.detach().mean()))
-        alpha, sigma = schedule.alpha_sigma(t)                           # (B,), (B,)
-        k = (lambda_gd * guidance_scale(alpha, sigma, omega)).to(g.dtype).reshape(B, 1, 1, 1)
+            loss = observed_views_loss(self.decoder, x0_hat, (o, d, y), self.n_samples,
+                                       self.lam, self.near_min, self.rays[0].shape[1])  # (B,)
+            # eq. 5, summed over scenes: each scene's gradient is its own loss's gradient
+            g, = torch.autograd.grad(loss.sum(), x_in)                   # (B, 3, C, R, R)
+        alpha, sigma = self.schedule.alpha_sigma(t)                      # (B,), (B,)
+        k = self.lambda_gd * guidance_scale(alpha, sigma, self.omega)
+        k = k.to(g.dtype).reshape(B, *([1] * (g.dim() - 1)))
         x0 = x0_hat.detach() - k * g                                     # eq. 6
-        return x0.clamp(-clip, clip) if clip else x0
+        return clip_x0(x0, self.clip), loss.detach()
 
-    guided.losses = []
-    return guided
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x0, loss = self.step(x_t, t)
+        self.losses.append(float(loss.mean()))
+        return x0
 
 
-def guided_sample(prior, decoder, rays, x_T: torch.Tensor, lambda_gd: float, steps: int,
-                  code_ch: int, n_samples: int, n_views: int = 1, c_rend: float = 1.0,
+def guided_sample(prior, decoder, rays, x_T: torch.Tensor, *, lambda_gd: float, steps: int,
+                  n_samples: int, n_views: int = 1, c_rend: float = 1.0,
                   rays_per_step: int | None = None, generator=None, callback=None,
                   progress: bool = False, near_min: float = 0.2) -> torch.Tensor:
-    """Guided DDIM (eta = 0) from x_T (B, 3C, R, R) -> x0 (B, 3C, R, R).
+    """Guided DDIM (eta = 0) from x_T (B, 3, C, R, R) -> x0 (B, 3, C, R, R).
 
-    lambda_gd = 0 skips the wrapper entirely (plain DDIM, no rendering cost)."""
+    lambda_gd = 0 skips the guidance entirely (plain DDIM, no rendering cost)."""
     denoise = prior.denoise
     if lambda_gd != 0:
-        denoise = guided_denoise(prior.denoise, prior.schedule, decoder, rays, lambda_gd,
-                                 prior.omega, n_samples, code_ch, n_views, c_rend,
-                                 rays_per_step, generator, near_min)
+        denoise = GuidedDenoiser(prior.denoise, prior.schedule, decoder, rays, lambda_gd=lambda_gd,
+                                 omega=prior.omega, n_samples=n_samples, n_views=n_views,
+                                 c_rend=c_rend, rays_per_step=rays_per_step, generator=generator,
+                                 near_min=near_min)
     return ddim_sample(denoise, x_T, prior.schedule, steps=steps, callback=callback,
                        progress=progress)

@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 
 from minissd.config import TestConfig
 from minissd.eval.metrics import psnr, ssim
-from minissd.nerf.triplane import image_to_planes
 from minissd.testtime.finetune import finetune as finetune_codes
 from minissd.testtime.generate import noise, render_views
 from minissd.testtime.guidance import guided_sample, views_to_rays
+from minissd.utils import evenly_spaced
 
 ABLATIONS = {"A0": ("single-stage", "rend+diff"), "A1": ("two-stage", "rend+diff"),
              "A2": ("single-stage", "rend"), "A3": ("single-stage", "none")}
@@ -44,6 +44,11 @@ ABLATIONS = {"A0": ("single-stage", "rend+diff"), "A1": ("two-stage", "rend+diff
 def recon_steps(cfg, tcfg: TestConfig) -> int:
     """DDIM steps to reconstruct: tcfg.recon_steps, or 1.5 x cfg.ddim_steps (75 vs 50)."""
     return tcfg.recon_steps or max(1, round(1.5 * cfg.ddim_steps))
+
+
+def guide_rays(cfg, tcfg: TestConfig) -> int:
+    """Rays per guidance step: tcfg.guide_rays, or 4 x cfg.rays_per_scene."""
+    return tcfg.guide_rays or 4 * cfg.rays_per_scene
 
 
 def observed_rays(model, views: dict):
@@ -64,13 +69,12 @@ def guided_code(model, views: dict, *, tcfg: TestConfig | None = None,
     V = views["images"].shape[0]
     lambda_gd = tcfg.lambda_gd if lambda_gd is None else lambda_gd
     rays = observed_rays(model, views)
-    x_T = noise(model, 1, generator)                                    # (1, 3C, R, R)
-    x0 = guided_sample(model.prior, model.decoder, rays, x_T, lambda_gd,
-                       recon_steps(cfg, tcfg), cfg.code_ch, cfg.n_samples, n_views=V,
-                       c_rend=1.0, rays_per_step=tcfg.guide_rays or 4 * cfg.rays_per_scene,
-                       generator=generator, callback=callback, progress=progress,
-                       near_min=cfg.near_min)
-    return image_to_planes(x0, cfg.code_ch), rays                       # (1, 3, C, R, R)
+    x_T = noise(model, 1, generator)                                    # (1, 3, C, R, R)
+    x0 = guided_sample(model.prior, model.decoder, rays, x_T, lambda_gd=lambda_gd,
+                       steps=recon_steps(cfg, tcfg), n_samples=cfg.n_samples, n_views=V,
+                       c_rend=1.0, rays_per_step=guide_rays(cfg, tcfg), generator=generator,
+                       callback=callback, progress=progress, near_min=cfg.near_min)
+    return x0, rays                                                     # (1, 3, C, R, R)
 
 
 def reconstruct(model, views: dict, finetune: str = "rend+diff", *,
@@ -183,7 +187,7 @@ def save_figure(result: dict, path: str, n_novel: int = 6, title: str = "") -> s
     for j, img in enumerate(result["inputs"][:cols]):
         axes[0, j].imshow(img.clamp(0, 1).numpy())
         axes[0, j].set_title(f"input {result['input_ids'][j]}", fontsize=8)
-    sel = [round(i * (len(result["preds"]) - 1) / max(1, k - 1)) for i in range(k)]
+    sel = evenly_spaced(len(result["preds"]), k)
     for j, i in enumerate(sel):
         axes[1, j].imshow(result["preds"][i].numpy())
         axes[1, j].set_title(f"pred {float(result['psnr'][i]):.1f} dB", fontsize=8)
