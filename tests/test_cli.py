@@ -5,7 +5,7 @@ import pytest
 
 from minissd.cli import COMMANDS, main
 from minissd.ssd.model import Model
-from minissd.ssd.train import read_log
+from minissd.ssd.logs import read_log
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

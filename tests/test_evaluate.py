@@ -124,7 +124,7 @@ def test_generation_cov_mmd_known_answer(monkeypatch):
     from types import SimpleNamespace
 
     from minissd.data.srn import SRNDataset
-    from minissd.eval import metrics
+    from minissd.eval import geometry
     test = ensure_dataset("cars", "test", n_scenes=2, n_views=24, resolution=32, seed=0,
                           progress=False)
     ds = SRNDataset(test, resolution=32)
@@ -137,7 +137,7 @@ def test_generation_cov_mmd_known_answer(monkeypatch):
     r = ev.evaluate_generation(model, test, n_samples=3, with_fid=False, progress=False)
     assert r["n_empty"] == 1 and r["n_reference"] == 2
     assert r["COV"] == pytest.approx(0.5)
-    d1 = min(metrics.chamfer_distance(shells[0], ref1), metrics.chamfer_distance(shells[1], ref1))
+    d1 = min(geometry.chamfer_distance(shells[0], ref1), geometry.chamfer_distance(shells[1], ref1))
     assert d1 > 1e-3 and r["MMD"] == pytest.approx(d1 / 2, rel=1e-6)
 
 
@@ -185,9 +185,10 @@ class _FakeInception(torch.nn.Module):
 
 
 def test_results_record_the_fid_network(setup, tmp_path, monkeypatch, capsys):
-    from minissd.eval import metrics
+    from minissd.eval import fid, metrics
     model, test, _ = setup
     monkeypatch.setattr(metrics, "_MODELS", {})
+    monkeypatch.setattr(fid, "_MODELS", {})
     monkeypatch.setattr(metrics, "_WARNED", set())
     monkeypatch.setenv("MINISSD_CACHE", str(tmp_path / "cache"))
     old_hub = torch.hub.get_dir()
@@ -196,9 +197,9 @@ def test_results_record_the_fid_network(setup, tmp_path, monkeypatch, capsys):
         kw = dict(input_views=(64,), n_scenes=1, eval_every=8, **FAST)
         absent = ev.evaluate_reconstruction(model, test, **kw)
         assert absent["FID"] is None and absent["FID_network"] is None
-        path = tmp_path / metrics.INCEPTION_TS_FILE
+        path = tmp_path / fid.INCEPTION_TS_FILE
         torch.jit.save(torch.jit.script(_FakeInception()), str(path))
-        monkeypatch.setenv(metrics.INCEPTION_ENV, str(path))
+        monkeypatch.setenv(fid.INCEPTION_ENV, str(path))
         r = ev.evaluate_reconstruction(model, test, **kw)
         assert math.isfinite(r["FID"])
         assert r["FID_network"] == {"name": "inception-2015-12-05 (TF, TorchScript)",

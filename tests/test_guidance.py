@@ -167,7 +167,6 @@ def test_scene(smoke_model):
 
 
 def test_guided_reconstruction_beats_unguided_sampling(smoke_model, test_scene):
-    from minissd.eval.metrics import psnr
     from minissd.testtime.reconstruct import reconstruct_scene
     inp, ev = [6], list(range(0, 24, 4))
     score = {}
@@ -181,19 +180,19 @@ def test_guided_reconstruction_beats_unguided_sampling(smoke_model, test_scene):
 
 
 def test_finetune_rend_diff_adds_exactly_the_cached_prior_gradient(monkeypatch):
-    """rend+diff = rend + the cached prior gradient of finetune.prior_grad, once per outer
-    iteration. prior_grad gets its own generator here so that both modes draw the same rays."""
+    """rend+diff = rend + the cached prior gradient (diffusion.prior_gradient), once per outer
+    iteration. It gets its own generator here so that both modes draw the same rays."""
     m = tiny_model()
     m.prior.x0_sq_ema.fill_(0.25)                                 # lambda'_diff = 1 / 0.25 = 4
     rays = guidance.views_to_rays(**one_view(m, m.codes[0]))
     x0 = m.codes[1:2].clone()
-    real_prior_grad, priors = finetune.prior_grad, []
+    real_prior_grad, priors = finetune.prior_gradient, []
 
-    def own_rng_prior_grad(prior, code_, c=1.0, generator=None):
+    def own_rng_prior_grad(prior, code_, c, generator=None):
         g, l = real_prior_grad(prior, code_, c, generator=torch.Generator().manual_seed(7))
         priors.append(g.clone())
         return g, l
-    monkeypatch.setattr(finetune, "prior_grad", own_rng_prior_grad)
+    monkeypatch.setattr(finetune, "prior_gradient", own_rng_prior_grad)
     seen = []
 
     from minissd.nerf.triplane import CodeBank

@@ -55,15 +55,23 @@ def test_plot_command_writes_curves_png(tmp_path, capsys):
     assert out == str(run / "curves.png")
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = logs.read_log(str(run / "log.jsonl"))
-    assert rows[-1]["loss_rend"] is None and math.isnan(rows[0]["loss_diff"])
+    assert math.isnan(rows[-1]["loss_rend"]) and math.isnan(rows[0]["loss_diff"])   # null, NaN
 
 
 def test_plot_command_errors_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no log.jsonl"):
         main(["plot", str(tmp_path)])
-    (tmp_path / "log.jsonl").write_text('{"iter": 1, "loss_rend": 0.5}\n{"iter": 2, "loss_re\n')
-    with pytest.raises(SystemExit, match="log.jsonl:2"):
+    (tmp_path / "log.jsonl").write_text('{"iter": 1, "loss_rend": 0.5}\n{"iter": 2, "loss_re\n'
+                                        '{"iter": 3, "loss_rend": 0.4}\n')
+    with pytest.raises(SystemExit, match="log.jsonl:2"):                 # a broken middle line
         main(["plot", str(tmp_path)])
+
+
+def test_plot_skips_the_partial_last_line_of_a_live_run(tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"iter": 1, "loss_rend": 0.5}\n{"iter": 2, "loss_rend": 0.4}\n'
+                                        '{"iter": 3, "loss_re')          # still being written
+    assert [r["iter"] for r in logs.read_log(str(tmp_path / "log.jsonl"))] == [1, 2]
+    assert main(["plot", str(tmp_path)]) == 0
 
 
 def test_tensorboard_export_when_installed(tmp_path):

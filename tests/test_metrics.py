@@ -1,13 +1,15 @@
-"""Tests for minissd.metrics: hand-checkable values, no network, no pretrained weights."""
+"""Tests for minissd.eval.metrics, fid and geometry: hand-checkable values, no network, no
+pretrained weights."""
 import math
 import os
 
-import lpips as lpips_pkg
+import lpips as lpips_pkg  # noqa: F401 (imported first, as torchvision)
 import numpy as np
 import pytest
 import torch
-import torchvision  # before empty_hub patches torch.hub: torchvision binds its loader
+import torchvision  # noqa: F401  before empty_hub patches torch.hub: torchvision binds its loader
 
+from minissd.eval import fid, geometry
 from minissd.eval import metrics as M
 
 # ----------------------------------------------------------------------------- PSNR
@@ -164,21 +166,21 @@ def test_chamfer_known_values():
     p = torch.tensor([[0.0, 0, 0]])
     q = torch.tensor([[1.0, 0, 0], [2.0, 0, 0]])
     # p->q: 1^2 = 1 ; q->p: mean(1, 4) = 2.5
-    assert M.chamfer_distance(p, q) == pytest.approx(3.5)
-    assert M.chamfer_distance(q, p) == pytest.approx(3.5)
+    assert geometry.chamfer_distance(p, q) == pytest.approx(3.5)
+    assert geometry.chamfer_distance(q, p) == pytest.approx(3.5)
     r = torch.randn(50, 3)
-    assert M.chamfer_distance(r, r) == pytest.approx(0.0, abs=1e-6)
+    assert geometry.chamfer_distance(r, r) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_coverage_mmd_known_values():
     pt = lambda x: torch.tensor([[x, 0.0, 0.0]])        # single points: CD = 2 d^2
     refs = [pt(0.0), pt(10.0), pt(20.0)]
     gens = [pt(0.1), pt(0.2)]
-    out = M.coverage_mmd(gens, refs)
+    out = geometry.coverage_mmd(gens, refs)
     assert out["cov"] == pytest.approx(1 / 3)
     expected = (2 * 0.1 ** 2 + 2 * 9.8 ** 2 + 2 * 19.8 ** 2) / 3
     assert out["mmd"] == pytest.approx(expected, rel=1e-5)
-    out = M.coverage_mmd(gens + [pt(19.0)], refs)
+    out = geometry.coverage_mmd(gens + [pt(19.0)], refs)
     assert out["cov"] == pytest.approx(2 / 3)
     assert out["mmd"] == pytest.approx((0.02 + 2 * 9.0 ** 2 + 2 * 1.0 ** 2) / 3, rel=1e-5)
 
@@ -186,13 +188,13 @@ def test_coverage_mmd_known_values():
 def test_points_from_density_sphere_shell():
     sphere = lambda xyz: torch.where(xyz.norm(dim=-1) < 0.5, 100.0, 0.0)
     g = torch.Generator().manual_seed(0)
-    pts = M.points_from_density(sphere, res=32, threshold=10.0, n_points=500, generator=g)
+    pts = geometry.points_from_density(sphere, res=32, threshold=10.0, n_points=500, generator=g)
     assert pts.shape == (500, 3)
     r = pts.norm(dim=-1)
     h = 2.0 / 32
     assert (r - 0.5).abs().max() < math.sqrt(3) * h + 1e-6   # within one cell of the surface
     assert r.min() > 0.5 - math.sqrt(3) * h                  # no interior points (shell only)
-    empty = M.points_from_density(lambda xyz: torch.zeros(len(xyz)), res=8, n_points=10)
+    empty = geometry.points_from_density(lambda xyz: torch.zeros(len(xyz)), res=8, n_points=10)
     assert empty.shape == (0, 3)
 
 
@@ -201,23 +203,23 @@ def test_points_from_density_sphere_shell():
 def test_fid_self_zero_and_mean_shift():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((2000, 8))
-    assert abs(M.frechet_distance(a, a)) < 1e-6
+    assert abs(fid.frechet_distance(a, a)) < 1e-6
     shift = np.arange(8) * 0.1
     # b = a + shift has exactly the same covariance: FID = ||shift||^2 exactly
-    assert M.frechet_distance(a, a + shift) == pytest.approx((shift ** 2).sum(), rel=1e-6)
+    assert fid.frechet_distance(a, a + shift) == pytest.approx((shift ** 2).sum(), rel=1e-6)
     # independent samples: FID ~ ||shift||^2 (+ small sampling bias)
     b = rng.standard_normal((20000, 8)) + shift
     c = rng.standard_normal((20000, 8))
-    assert M.frechet_distance(c, b) == pytest.approx((shift ** 2).sum(), abs=0.05)
+    assert fid.frechet_distance(c, b) == pytest.approx((shift ** 2).sum(), abs=0.05)
     # N(0, I) vs N(0, 4I): sum_i (1 + 4 - 2*2) = d
-    assert M.frechet_distance(c, 2 * b - 2 * shift) == pytest.approx(8.0, abs=0.3)
+    assert fid.frechet_distance(c, 2 * b - 2 * shift) == pytest.approx(8.0, abs=0.3)
 
 
 def test_kid_near_zero_same_distribution_positive_when_shifted():
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((600, 16)), rng.standard_normal((600, 16))
-    same, _ = M.kernel_inception_distance(a, b, subsets=20, subset_size=200)
-    shifted, std = M.kernel_inception_distance(a, b + 0.5, subsets=20, subset_size=200)
+    same, _ = fid.kernel_inception_distance(a, b, subsets=20, subset_size=200)
+    shifted, std = fid.kernel_inception_distance(a, b + 0.5, subsets=20, subset_size=200)
     assert abs(same) < 0.02
     assert shifted > 0.1 and shifted > 10 * abs(same) and std > 0
 
@@ -231,6 +233,7 @@ def empty_hub(tmp_path, monkeypatch):
     torch.hub.set_dir(str(tmp_path))
     monkeypatch.setattr(M, "_WARNED", set())
     monkeypatch.setattr(M, "_MODELS", {})
+    monkeypatch.setattr(fid, "_MODELS", {})
 
     def no_download(*a, **k):
         raise AssertionError("metrics tried to download")
@@ -250,8 +253,8 @@ def test_lpips_unavailable_message_once(empty_hub, capsys):
     assert err.count("LPIPS unavailable") == 1
     assert os.path.join(str(empty_hub), "checkpoints", "vgg16-397923af.pth") in err
     assert "IMAGENET1K_V1" in err
-    assert M.inception_features(x) is None
-    assert M.inception_features(x) is None
+    assert fid.inception_features(x) is None
+    assert fid.inception_features(x) is None
     assert capsys.readouterr().err.count("FID/KID unavailable") == 1
 
 
@@ -269,8 +272,6 @@ def test_lpips_loads_local_vgg_and_package_linear_layers(empty_hub):
     The file is the full torchvision state dict, each tensor a stride-0 view of one number
     (a few kB on disk). Loading it goes through the real torch.hub.load_state_dict_from_url;
     the actual download function stays blocked, so a cache miss would still fail the test."""
-    import lpips as lpips_pkg
-    import torchvision
     ckpt = empty_hub / "checkpoints"
     ckpt.mkdir()
     shapes = {k: v.shape for k, v in torchvision.models.vgg16(weights=None).state_dict().items()}
@@ -298,74 +299,69 @@ class _FakeInception(torch.nn.Module):
 
 @pytest.fixture
 def fake_inception(empty_hub, tmp_path, monkeypatch):
-    path = tmp_path / "somewhere" / M.INCEPTION_TS_FILE
+    path = tmp_path / "somewhere" / fid.INCEPTION_TS_FILE
     path.parent.mkdir()
     torch.jit.save(torch.jit.script(_FakeInception()), str(path))
     monkeypatch.setenv("MINISSD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv(M.INCEPTION_ENV, str(path))
+    monkeypatch.setenv(fid.INCEPTION_ENV, str(path))
     return path
 
 
 def test_fid_network_torchscript_from_documented_path(fake_inception, capsys):
-    info = M.fid_network()
+    info = fid.fid_network()
     assert info == {"name": "inception-2015-12-05 (TF, TorchScript)", "comparable": True,
                     "kind": "torchscript"}
     x = torch.zeros(3, 16, 16, 3)
     x[..., 0] = 1.0                                                   # red: 255
     x[1, ..., 1] = 0.5                                                # round(127.5) = 128
-    f = M.inception_features(x)
+    f = fid.inception_features(x)
     assert f.shape == (3, 4)
     assert np.allclose(f[:, 0], 255) and np.allclose(f[:, 1], [0, 128, 0]) and np.allclose(f[:, 2], 0)
     assert "comparable" not in capsys.readouterr().err                # no warning printed
-    assert "the network of the published numbers" in M.fid_network_note(info)
+    assert "the network of the published numbers" in fid.fid_network_note(info)
 
 
 def test_fid_network_default_cache_path(empty_hub, tmp_path, monkeypatch):
-    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
     monkeypatch.setenv("MINISSD_CACHE", str(tmp_path / "cache"))
     weights = tmp_path / "cache" / "weights"
     weights.mkdir(parents=True)
-    assert M.inception_paths()[0] == str(weights / M.INCEPTION_TS_FILE)
-    torch.jit.save(torch.jit.script(_FakeInception()), str(weights / M.INCEPTION_TS_FILE))
-    assert M.fid_network()["kind"] == "torchscript"
+    assert fid.inception_paths()[0] == str(weights / fid.INCEPTION_TS_FILE)
+    torch.jit.save(torch.jit.script(_FakeInception()), str(weights / fid.INCEPTION_TS_FILE))
+    assert fid.fid_network()["kind"] == "torchscript"
 
 
 def test_fid_network_other_backbone_labelled_not_comparable(empty_hub, tmp_path, monkeypatch):
     """torchvision's ImageNet Inception in the hub cache is used, but says it is not comparable."""
-    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
     monkeypatch.setenv("MINISSD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(M, "_inception_model", lambda device="cpu": (object(), "torchvision"))
-    info = M.fid_network()
+    monkeypatch.setattr(fid, "_inception_model", lambda device="cpu": (object(), "torchvision"))
+    info = fid.fid_network()
     assert info["comparable"] is False and "NOT comparable" in info["name"]
-    assert "NOT comparable with the paper" in M.fid_network_note(info)
+    assert "NOT comparable with the paper" in fid.fid_network_note(info)
 
 
 def test_fid_network_absent_is_na_with_fetch_step(empty_hub, tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
     monkeypatch.setenv("MINISSD_CACHE", str(tmp_path / "cache"))
-    assert M.fid_network() is None
-    assert M.inception_features(torch.rand(2, 8, 8, 3)) is None
+    assert fid.fid_network() is None
+    assert fid.inception_features(torch.rand(2, 8, 8, 3)) is None
     err = capsys.readouterr().err
     assert err.count("FID/KID unavailable") == 1
-    assert M.INCEPTION_TS_FILE in err and M.INCEPTION_TS_URL in err and M.INCEPTION_ENV in err
-    assert "n/a" in M.fid_network_note(None)
+    assert fid.INCEPTION_TS_FILE in err and fid.INCEPTION_TS_URL in err and fid.INCEPTION_ENV in err
+    assert "n/a" in fid.fid_network_note(None)
 
 
 def test_kid_uses_100_subsets_by_default():
     import inspect
-    assert M.KID_SUBSETS == 100
-    assert inspect.signature(M.kernel_inception_distance).parameters["subsets"].default == 100
+    assert fid.KID_SUBSETS == 100
+    assert inspect.signature(fid.kernel_inception_distance).parameters["subsets"].default == 100
 
 
-# ----------------------------------------------------------------------------- tables
+# ----------------------------------------------------------------------------- means
 
-def test_mean_and_summarize():
+def test_mean_of_per_image_values():
     assert M.mean([1.0, 2.0, 3.0]) == pytest.approx(2.0)
     assert M.mean(torch.tensor([20.0, 30.0])) == pytest.approx(25.0)
-    assert M.mean(None) is None and M.mean([]) is None
-    row = M.summarize({"PSNR": [23.0, 24.04], "SSIM": torch.tensor([0.9, 0.92]),
-                       "LPIPS": None, "FID": None}, label="cars 1-view")
-    assert row == "| cars 1-view | 23.52 | 0.910 | n/a | n/a |"
-    header = M.summary_header()
-    assert header.splitlines()[0] == "| method | PSNR | SSIM | LPIPS | FID |"
-    assert header.splitlines()[1] == "|---|---|---|---|---|"
+    assert M.mean([[1.0, 2.0], [3.0]]) == pytest.approx(2.0)           # per-scene lists
+    assert M.mean(None) is None and M.mean([]) is None and M.mean([1.0, None]) is None

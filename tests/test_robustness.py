@@ -24,7 +24,8 @@ from minissd.data.srn import SRNDataset
 from minissd.errors import RunLocked, TrainingDiverged
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd.model import Model
-from minissd.ssd.train import Trainer, read_log, same_data, write_log
+from minissd.ssd.logs import read_log, write_log
+from minissd.ssd.train import Trainer, same_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a train command small enough to run in about a second

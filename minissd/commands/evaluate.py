@@ -9,7 +9,7 @@ from minissd.cli import non_negative, positive, require_positive, writable_file
 from minissd.config import pick_device
 from minissd.data.srn import SRNDataset
 from minissd.errors import UserError
-from minissd.eval import metrics
+from minissd.eval import fid
 from minissd.eval.evaluate import (
     GEN_COLUMNS,
     PAPER_ABLATION,
@@ -125,8 +125,8 @@ def run(args):
             res = evaluate_reconstruction(model, args.data, finetune=args.finetune, **kw)
             rows = {res["label"]: res, **PAPER_RECON}
         table = markdown_table(rows, RECON_COLUMNS)
-    fid_net = metrics.fid_network()
-    table += "\n\n" + metrics.fid_network_note(fid_net)
+    fid_net = fid.fid_network()
+    table += "\n\n" + fid.fid_network_note(fid_net)
     print(table)
     write_json({"args": vars(args), "results": res, "table": table, "fid_network": fid_net}, args.json)
     print(f"-> {args.json}")

@@ -14,9 +14,9 @@ non-input view (1 = all of them, the paper) to make CPU runs short.
 
 Generation: n codes x ~ DDIM(x_T), x_T ~ N(0, I) (generate.sample_codes), then
     COV, MMD: Chamfer distance between surface points of each sample and the true surface
-        points of every test object (metrics.coverage_mmd, PointFlow / DiffRF protocol);
+        points of every test object (geometry.coverage_mmd, PointFlow / DiffRF protocol);
     FID, KID: renders of the samples vs the test images (Inception net; KID x 1e3).
-Surface points of a field are its density shell (metrics.points_from_density). The
+Surface points of a field are its density shell (geometry.points_from_density). The
 density scale of a decoder is arbitrary, so the threshold is CALIBRATED: on a few
 training scenes, the threshold (from a log grid) whose extracted points are closest in
 Chamfer distance to the scenes' true surface points. (The official code meshes at
@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minissd.data.srn import SRNDataset
-from minissd.eval import metrics
+from minissd.eval import fid, geometry, metrics
 from minissd.ssd.checkpoint import write_atomic
 from minissd.testtime.generate import render_views, sample_codes
 from minissd.testtime.reconstruct import ABLATIONS, guided_code, reconstruct_scene, select_views
@@ -99,13 +99,13 @@ def _fid_kid(pred, real, kid=False):
     """FID (and KID) of two image sets, or None when Inception weights are absent / too few."""
     if len(pred) < 2 or len(real) < 2:
         return (None, None) if kid else None
-    fa = metrics.inception_features(pred)
-    fb = None if fa is None else metrics.inception_features(real)
-    fid = None if fb is None else metrics.frechet_distance(fa, fb)
+    fa = fid.inception_features(pred)
+    fb = None if fa is None else fid.inception_features(real)
+    fd = None if fb is None else fid.frechet_distance(fa, fb)
     if not kid:
-        return fid
-    return fid, (None if fb is None else metrics.kernel_inception_distance(
-        fa, fb, subsets=metrics.KID_SUBSETS, subset_size=metrics.KID_SUBSET_SIZE)[0])
+        return fd
+    return fd, (None if fb is None else fid.kernel_inception_distance(
+        fa, fb, subsets=fid.KID_SUBSETS, subset_size=fid.KID_SUBSET_SIZE)[0])
 
 
 # ----------------------------------------------------------------------------- reconstruction
@@ -155,7 +155,7 @@ def evaluate_reconstruction(model, data, input_views=(64,), finetune: str = "ren
         preds.append(r["preds"]), gts.append(r["gts"])
     out = {k: metrics.mean(v) for k, v in per_image.items()}        # mean over all images
     out["FID"] = _fid_kid(torch.cat(preds), torch.cat(gts)) if with_fid else None
-    out["FID_network"] = metrics.fid_network() if with_fid else None  # which features; comparable?
+    out["FID_network"] = fid.fid_network() if with_fid else None  # which features; comparable?
     out.update(task="recon", label=label, finetune=finetune, input_views=list(input_views),
                eval_every=eval_every, n_images=sum(r["n_eval"] for r in rows), scenes=rows)
     return out
@@ -195,7 +195,7 @@ def evaluate_codes(model, codes, data, views=None) -> dict:
 def code_density_grid(model, code, res: int = 48) -> torch.Tensor:
     """The density of one code (3, C, R, R) at res^3 cell centres: (res, res, res)."""
     field = model.field(code[None].to(model.codes.device))
-    return metrics.density_grid(lambda xyz: field.density(xyz[None])[0], res=res,
+    return geometry.density_grid(lambda xyz: field.density(xyz[None])[0], res=res,
                                 device=model.codes.device)
 
 
@@ -205,7 +205,7 @@ def surface_points(model, code, threshold: float, res: int = 48, n_points: int =
     grid: its code_density_grid, when several thresholds share one evaluation."""
     g = torch.Generator().manual_seed(seed)
     grid = code_density_grid(model, code, res) if grid is None else grid
-    return metrics.points_from_grid(grid, threshold, n_points, generator=g).cpu()
+    return geometry.points_from_grid(grid, threshold, n_points, generator=g).cpu()
 
 
 def calibrate_threshold(model, train_data, n_codes: int = 4, candidates=None, res: int = 48,
@@ -223,7 +223,7 @@ def calibrate_threshold(model, train_data, n_codes: int = 4, candidates=None, re
         grid = code_density_grid(model, model.codes[i], res)           # one evaluation, 13 thresholds
         for j, t in enumerate(candidates):
             p = surface_points(model, model.codes[i], t, res, n_points, seed=i, grid=grid)
-            cds[i, j] = metrics.chamfer_distance(p, ref) if len(p) else math.inf
+            cds[i, j] = geometry.chamfer_distance(p, ref) if len(p) else math.inf
     curve = cds.mean(0)
     best = int(np.argmin(curve))
     return {"threshold": candidates[best], "chamfer": float(curve[best]),
@@ -234,7 +234,7 @@ def image_coverage(fake: torch.Tensor, real: torch.Tensor) -> dict:
     """Generation quality in IMAGE space, with no pretrained network: each object is its
     renders at the same V cameras, fake (S, V, H, W, 3) samples, real (N, V, H, W, 3)
     unseen test objects, and two objects are as close as the PSNR of their renders
-    (MSE over all V views). As COV / MMD for shapes (metrics.coverage_mmd):
+    (MSE over all V views). As COV / MMD for shapes (geometry.coverage_mmd):
 
         COV       fraction of test objects that are the nearest one of some sample
                   (diversity: samples that all look alike cover one object);
@@ -287,15 +287,15 @@ def evaluate_generation(model, data, n_samples: int = 8, threshold: float = 10.0
     pts = [surface_points(model, c, threshold, res, n_points, seed=seed + j) for j, c in
            enumerate(tqdm(codes, desc="surfaces", disable=not progress))]
     full = [p for p in pts if len(p)]
-    cm = metrics.coverage_mmd(full, [r[0] for r in refs]) if full else {"cov": 0.0, "mmd": None}
+    cm = geometry.coverage_mmd(full, [r[0] for r in refs]) if full else {"cov": 0.0, "mmd": None}
     scenes = [ds[i] for i in range(n_ref)]
     fake, real, ids = renders_at_test_cameras(model, codes, scenes, fid_views, progress)
     img = image_coverage(fake, real)
-    fid = kid = None
-    if with_fid and metrics.inception_features(torch.zeros(1, 8, 8, 3) + 1) is not None:
-        fid, kid = _fid_kid(fake.flatten(0, 1), torch.cat([sc["images"] for sc in scenes]), kid=True)
+    fd = kid = None
+    if with_fid and fid.inception_features(torch.zeros(1, 8, 8, 3) + 1) is not None:
+        fd, kid = _fid_kid(fake.flatten(0, 1), torch.cat([sc["images"] for sc in scenes]), kid=True)
     return {"task": "generation", "label": label, "COV": cm["cov"], "MMD": cm["mmd"], **img,
-            "FID": fid, "KID": kid, "FID_network": metrics.fid_network() if with_fid else None,
+            "FID": fd, "KID": kid, "FID_network": fid.fid_network() if with_fid else None,
             "threshold": threshold, "n_samples": n_samples,
             "n_empty": len(pts) - len(full), "n_reference": n_ref, "image_views": ids}
 

@@ -1,4 +1,4 @@
-"""Training logs: read a run's log.jsonl, draw its curves, optionally export to TensorBoard.
+"""Training logs: write and read a run's log.jsonl, export it to TensorBoard.
 
     python -m minissd plot RUN_DIR                  # -> RUN_DIR/curves.png
     python -m minissd plot RUN_DIR --tensorboard    # also RUN_DIR/tensorboard/ (if installed)
@@ -16,21 +16,46 @@ import json
 import math
 import os
 
+from minissd.utils import write_atomic
+
+
+def json_row(r: dict) -> str:
+    """One log row as JSON, NaN and infinities as null (bare NaN is not JSON)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
+
+
+def write_log(path: str, rows: list[dict]) -> None:
+    """The training log as JSON lines (one dict per outer iteration), written atomically;
+    missing values (NaN) are written as null."""
+    write_atomic(path, lambda f: f.writelines(json_row(r) for r in rows), binary=False)
+
+
+def append_log(path: str, rows: list[dict]) -> None:
+    """Append rows to a JSON-lines log (a kill mid-write leaves at most one partial last
+    line, which read_log skips and the next checkpoint rewrites)."""
+    with open(path, "a") as f:
+        f.writelines(json_row(r) for r in rows)
+        f.flush()
+
 
 def read_log(path: str) -> list[dict]:
-    """Rows of a log.jsonl (NaN/null kept as they are); a broken line is an error naming it."""
-    rows = []
+    """The rows of a log.jsonl, null values read back as NaN. A partial LAST line (a run
+    killed mid-write, or still writing) is skipped; any other broken line is an error
+    naming path:line."""
     with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    rows = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                break
+            raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        rows.append({k: float("nan") if v is None else v for k, v in row.items()})
     return rows
 
 

@@ -43,7 +43,6 @@ The EMA of the decoder and denoiser weights ramps up as the official configs do
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -60,6 +59,7 @@ from minissd.nerf.triplane import CodeBank, code_activation, make_field
 from minissd.prior.diffusion import DiffusionPrior, prior_gradient
 from minissd.prior.ema import ema_beta_at, ema_copy, ema_update
 from minissd.ssd import checkpoint as ckpt
+from minissd.ssd.logs import append_log, write_log
 from minissd.utils import evenly_spaced, to_device
 
 FORMAT = "minissd-train-v2"      # v2: mean_code (stage-1 init), EMA ramp-up
@@ -424,40 +424,3 @@ def same_data(saved: str, wanted: str) -> bool:
     """Data ids match; a checkpoint written before data fingerprints ('name:N') matches
     'name:N:fingerprint'."""
     return saved == wanted or (saved.count(":") == 1 and wanted.startswith(saved + ":"))
-
-
-def _json_row(r: dict) -> str:
-    """One log row as JSON, NaN and infinities as null (bare NaN is not JSON)."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-    return json.dumps(clean, allow_nan=False) + "\n"
-
-
-def write_log(path: str, rows: list[dict]) -> None:
-    """The training log as JSON lines (one dict per outer iteration), written atomically;
-    missing values (NaN) are written as null."""
-    ckpt.write_atomic(path, lambda f: f.writelines(_json_row(r) for r in rows), binary=False)
-
-
-def append_log(path: str, rows: list[dict]) -> None:
-    """Append rows to a JSON-lines log (a kill mid-write leaves at most one partial last
-    line, which read_log skips and the next checkpoint rewrites)."""
-    with open(path, "a") as f:
-        f.writelines(_json_row(r) for r in rows)
-        f.flush()
-
-
-def read_log(path: str) -> list[dict]:
-    """The rows of a log.jsonl; null values read back as NaN; a truncated last line
-    (a write that was killed) is skipped."""
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}: line {i + 1} is not JSON") from None
-        rows.append({k: float("nan") if v is None else v for k, v in r.items()})
-    return rows

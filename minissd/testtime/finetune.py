@@ -45,13 +45,6 @@ from minissd.testtime.guidance import subset_rays
 FINETUNE_MODES = ("rend+diff", "rend", "none")
 
 
-def prior_grad(prior, code_: torch.Tensor, c: float = 1.0, generator=None):
-    """The cached prior gradient of eq. (7): grad_{code_} lambda'_diff * L_diff(2 tanh(code_))
-    per scene, one denoiser pass (diffusion.prior_gradient, the function training uses).
-    code_ (B, 3, C, R, R) -> same shape, plus the mean loss."""
-    return prior_gradient(prior, code_, c, generator=generator)
-
-
 def finetune(decoder, prior, x: torch.Tensor, rays, cfg, n_views: int, mode: str = "rend+diff",
              *, tcfg: TestConfig | None = None, outer: int | None = None,
              lr: float | None = None, generator=None, callback=None,
@@ -76,8 +69,10 @@ def finetune(decoder, prior, x: torch.Tensor, rays, cfg, n_views: int, mode: str
     step = 0
     bar = tqdm(total=outer * inner, desc=f"finetune ({mode})", disable=not progress, leave=False)
     for _ in range(outer):
-        g_diff, l_diff = (prior_grad(prior, bank.get(idx), tcfg.ft_c_diff, generator)
-                          if mode == "rend+diff" else (None, float("nan")))   # once per outer
+        # the cached prior gradient of eq. (7), grad lambda'_diff L_diff(2 tanh(code_)) per
+        # scene: ONE denoiser pass per outer iteration (the function training uses)
+        g_diff, l_diff = (prior_gradient(prior, bank.get(idx), tcfg.ft_c_diff, generator=generator)
+                          if mode == "rend+diff" else (None, float("nan")))
         for _ in range(inner):
             o, d, y = (r.expand(B, -1, -1) for r in subset_rays(rays, rays_per_step, generator))
             with torch.enable_grad():                   # eq. (7): rendering + cached prior grad
