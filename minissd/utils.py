@@ -3,6 +3,7 @@
   * random draws from an optional `torch.Generator` that lives on its own device (a CPU
     generator drives CUDA tensors too, so a seed gives the same numbers on any device):
     `randn`, `rand`, `randint`, `randperm`, `randn_like`;
+  * `per_sample(a, x)`: a per-sample value a (B,) shaped to broadcast over x (B, ...);
   * `to_device(d, device)`: the tensors of a data dict moved, everything else kept;
   * `evenly_spaced(n, k)`: k indices spread over range(n), first and last included;
   * `clip_x0(x, clip)`: the clean-code estimate clipped to the code range +-2 (2 tanh);
@@ -54,6 +55,11 @@ def randperm(n: int, generator=None, device="cpu") -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------- misc ----
+def per_sample(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """a (B,) -> (B, 1, ..., 1) in x's dtype, to scale each sample of x (B, ...)."""
+    return a.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+
+
 def to_device(d: dict, device) -> dict:
     """The tensors of dict d moved to device; other values (names, ids) as they are."""
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in d.items()}

@@ -36,7 +36,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 VGG16_FILE = "vgg16-397923af.pth"                       # torchvision IMAGENET1K_V1
 _WARNED = set()       # messages already printed in this process
 _MODELS = {}          # (kind, weight path, device) -> LPIPS network

@@ -31,13 +31,8 @@ import torch
 import torch.nn as nn
 
 from minissd.nerf.triplane import code_activation, planes_to_image
-from minissd.utils import clip_x0, randint, randn_like
 from minissd.prior.unet import UNet
-
-
-def _bc(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Broadcast per-sample scalars a (B,) against x (B, ...)."""
-    return a.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+from minissd.utils import clip_x0, per_sample, randint, randn_like
 
 
 # --- the noise schedule --------------------------------------------------------------
@@ -79,32 +74,32 @@ class NoiseSchedule(nn.Module):
 # --- v <-> x0 <-> eps: one line each --------------------------------------------------
 def q_sample(x0, eps, alpha, sigma):
     """x_t = alpha * x0 + sigma * eps (eq. 2); alpha, sigma (B,)."""
-    return _bc(alpha, x0) * x0 + _bc(sigma, x0) * eps
+    return per_sample(alpha, x0) * x0 + per_sample(sigma, x0) * eps
 
 
 def v_from_x0_eps(x0, eps, alpha, sigma):
     """v = alpha * eps - sigma * x0."""
-    return _bc(alpha, x0) * eps - _bc(sigma, x0) * x0
+    return per_sample(alpha, x0) * eps - per_sample(sigma, x0) * x0
 
 
 def x0_from_v(x_t, v, alpha, sigma):
     """x0 = alpha * x_t - sigma * v."""
-    return _bc(alpha, x_t) * x_t - _bc(sigma, x_t) * v
+    return per_sample(alpha, x_t) * x_t - per_sample(sigma, x_t) * v
 
 
 def eps_from_v(x_t, v, alpha, sigma):
     """eps = sigma * x_t + alpha * v."""
-    return _bc(sigma, x_t) * x_t + _bc(alpha, x_t) * v
+    return per_sample(sigma, x_t) * x_t + per_sample(alpha, x_t) * v
 
 
 def x0_from_eps(x_t, eps, alpha, sigma):
     """x0 = (x_t - sigma * eps) / alpha."""
-    return (x_t - _bc(sigma, x_t) * eps) / _bc(alpha, x_t)
+    return (x_t - per_sample(sigma, x_t) * eps) / per_sample(alpha, x_t)
 
 
 def eps_from_x0(x_t, x0, alpha, sigma):
     """eps = (x_t - alpha * x0) / sigma."""
-    return (x_t - _bc(alpha, x_t) * x0) / _bc(sigma, x_t)
+    return (x_t - per_sample(alpha, x_t) * x0) / per_sample(sigma, x_t)
 
 
 def loss_weight(alpha, sigma, omega: float):

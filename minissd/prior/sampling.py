@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minissd.prior.diffusion import eps_from_x0
-from minissd.utils import clip_x0, randn_like
+from minissd.utils import clip_x0, per_sample, randn_like
 
 
 def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
@@ -48,10 +48,9 @@ def ddim_step(x0_hat, x_t, t: int, s: int, schedule, eta=0.0, generator=None):
     eps = eps_from_x0(x_t, x0_hat, a_t, s_t)
     c = eta * (s_s / s_t) * (1 - (a_t / a_s) ** 2).clamp(min=0).sqrt()     # (B,)
     dir_coef = (s_s ** 2 - c ** 2).clamp(min=0).sqrt()
-    bc = lambda v: v.reshape(-1, *([1] * (x_t.dim() - 1)))                # noqa: E731
-    x_s = bc(a_s) * x0_hat + bc(dir_coef) * eps
+    x_s = per_sample(a_s, x_t) * x0_hat + per_sample(dir_coef, x_t) * eps
     if eta > 0 and s >= 0:
-        x_s = x_s + bc(c) * randn_like(x_t, generator)
+        x_s = x_s + per_sample(c, x_t) * randn_like(x_t, generator)
     return x_s
 
 

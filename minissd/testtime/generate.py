@@ -31,7 +31,6 @@ from minissd.prior.sampling import ddim_sample
 from minissd.utils import randn
 
 
-
 def noise(model, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """x_T ~ N(0, I) in the triplane layout: (n, 3, C, R, R) on the model's device."""
     cfg = model.cfg

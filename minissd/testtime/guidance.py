@@ -40,7 +40,7 @@ from minissd.nerf.autodecoder import lambda_rend
 from minissd.nerf.render import render_rays
 from minissd.nerf.triplane import make_field
 from minissd.prior.sampling import ddim_sample
-from minissd.utils import clip_x0, randperm
+from minissd.utils import clip_x0, per_sample, randperm
 
 # The default guidance scale lives in config.TestConfig.lambda_gd (one value for every
 # entry point). reconstruct.py calls guidance with c_rend = 1: the training constant
@@ -121,8 +121,7 @@ class GuidedDenoiser:
             # eq. 5, summed over scenes: each scene's gradient is its own loss's gradient
             g, = torch.autograd.grad(loss.sum(), x_in)                   # (B, 3, C, R, R)
         alpha, sigma = self.schedule.alpha_sigma(t)                      # (B,), (B,)
-        k = self.lambda_gd * guidance_scale(alpha, sigma, self.omega)
-        k = k.to(g.dtype).reshape(B, *([1] * (g.dim() - 1)))
+        k = per_sample(self.lambda_gd * guidance_scale(alpha, sigma, self.omega), g)
         x0 = x0_hat.detach() - k * g                                     # eq. 6
         return clip_x0(x0, self.clip), loss.detach()
 
