@@ -12,14 +12,6 @@ from minissd.data.cameras import intrinsics
 from minissd.data.srn import SRNDataset
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("srn") / "cars")
-    P.generate(root, "cars", "train", n_scenes=2, n_views=4, resolution=16, seed=0,
-               progress=False)
-    return root
-
-
 @pytest.fixture
 def copy(made, tmp_path):
     dst = str(tmp_path / "copy")

@@ -19,7 +19,6 @@ import torch
 
 from minissd.cli import COMMANDS, command_parser, main
 from minissd.config import get_preset
-from minissd.data import procedural as P
 from minissd.data.srn import SRNDataset
 from minissd.errors import RunLocked, TrainingDiverged
 from minissd.ssd import checkpoint as ckpt
@@ -31,13 +30,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a train command small enough to run in about a second
 TINY = ["--preset", "smoke", "--set", "image_res=16", "--set", "rays_per_scene=32",
         "--set", "n_samples=8", "--set", "scenes_per_batch=2", "--set", "ckpt_every=2"]
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("zoo") / "cars")
-    P.generate(root, "cars", "train", n_scenes=2, n_views=4, resolution=16, seed=0, progress=False)
-    return root
 
 
 @pytest.fixture
