@@ -18,7 +18,8 @@ to resume.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 import hashlib
 import json
 import os
@@ -75,10 +76,10 @@ class Model:
     decoder: TriplaneDecoder
     prior: DiffusionPrior
     codes: torch.Tensor                 # (N, 3, C, R, R), activated
-    names: list = field(default_factory=list)
-    log: list = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
-    test: TestConfig = field(default_factory=TestConfig)   # test-time settings (eq. 5-7)
+    names: list = dataclasses.field(default_factory=list)
+    log: list = dataclasses.field(default_factory=list)
+    meta: dict = dataclasses.field(default_factory=dict)
+    test: TestConfig = dataclasses.field(default_factory=TestConfig)   # test-time settings (eq. 5-7)
 
     def field(self, x: torch.Tensor):
         """The radiance field of codes x (B, 3, C, R, R) under this model's decoder."""
