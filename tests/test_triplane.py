@@ -107,3 +107,15 @@ def test_codebank_state_dict_roundtrip():
     other = CodeBank.from_state_dict(bank.state_dict())
     assert torch.equal(other.codes_, bank.codes_) and torch.equal(other.step, bank.step)
     assert torch.equal(other.exp_avg_sq, bank.exp_avg_sq)
+
+
+def test_codebank_from_codes_leaves_the_global_rng_alone():
+    """Finetuning builds a bank from given codes: no draw from torch's global generator."""
+    from minissd.nerf.triplane import CodeBank, code_activation
+    x = code_activation(torch.randn(2, 3, 4, 8, 8))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    bank = CodeBank.from_codes(x)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.allclose(bank.activated(), x, atol=1e-5)

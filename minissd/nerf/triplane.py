@@ -180,7 +180,7 @@ class CodeBank:
         """A bank holding the ACTIVATED codes x (B, 3, C, R, R) (stored as atanh(x / 2),
         clamped just inside +-2), with fresh Adam states: what finetuning optimises."""
         B, _, C, R, _ = x.shape
-        bank = cls(B, C, R, device=x.device)
+        bank = cls(B, C, R, device=x.device, generator=torch.Generator())   # global RNG untouched
         bank.codes_ = code_inverse_activation(x.detach()).clone()
         return bank
 

@@ -20,7 +20,7 @@ than 104 views; otherwise (and for more views) views spread evenly over the scen
 Every test-time setting comes from the model's `TestConfig` (`model.test`; config.py):
 the guidance scale, the DDIM steps (the paper uses 75 to reconstruct vs 50 to generate,
 so 0 means 1.5 x cfg.ddim_steps), the observed rays rendered per guidance step (0 means
-4 x cfg.rays_per_scene: every pixel of one view in the smoke/laptop presets) and the
+4 x cfg.rays_per_scene: every pixel of a 32 px view in smoke, half of a 64 px view in laptop) and the
 finetuning schedule. Pass `tcfg=` to override it for one call.
 """
 from __future__ import annotations
