@@ -7,7 +7,8 @@
    plots its training curves and samples it: a few minutes of training show the losses
    falling and blobs turning into car-coloured shapes, not yet cars;
 3. samples new cars (DDIM) from the SHIPPED model of the same preset (assets/models: 1000
-   iterations on 64 cars, about 35 CPU-minutes) and renders turntables;
+   iterations on 64 cars, 42 minutes of training on our 2-core machine: `wall_s` in
+   assets/models/manifest.json) and renders turntables;
 4. reconstructs an unseen test car from ONE view with the shipped model (guided sampling
    + finetuning), and prints where everything is, saying which model made which file.
 

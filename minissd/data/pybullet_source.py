@@ -5,7 +5,7 @@
     python -m minissd make-data --source pybullet --object duck,teddy,mug --split test --views 24 --out data/toys_test
     python -m minissd make-data --source pybullet --object random_urdfs --scenes 64 --split train --out data/blobs
 
-Each object is one scene, written exactly like minissd/procedural.py writes its
+Each object is one scene, written exactly like minissd/data/procedural.py writes its
 objects (rgb/, pose/, intrinsics.txt, surface.npz, a dataset.json), so `SRNDataset`,
 training and evaluation read it unchanged. `random_urdfs` are pybullet's 1000 random
 blobs; train and test draw disjoint ones (by --seed).

@@ -10,9 +10,11 @@ decoder psi. Codes and decoder are fitted jointly by minimising, per scene,
 
 The paper's eq. (1) SUMS the squared error over all pixels of the N_v views and weighs
 the sum by c (1 - exp(-0.1 N_v)) / N_v; here the error is a MEAN over rays, which already
-divides by the number of pixels, so the 1/N_v is gone (as in the official code: MSE x 20 x
-3 x (1 - exp(-0.1 N_v)), i.e. c_rend = 40 on our 0.5 * sum-over-RGB error). Fewer views
-therefore weigh rendering LESS and leave more to the prior.
+divides by the number of pixels, so the 1/N_v is gone. (1 - exp(-0.1 N_v)) is the paper's
+per-view form; the official code (MSE x 20 x 3 x weight, i.e. c_rend = 40 on our 0.5 *
+sum-over-RGB error) counts pixels instead, 1 - exp(-0.1 N_v H W / 128^2), which equals it
+only at 128x128 (at 64x64 it would be 1 - exp(-0.025 N_v)). Fewer views therefore weigh
+rendering LESS and leave more to the prior.
 
 with R random rays drawn across all N_v views of the scene, C(r; x, psi) the volume
 rendering of eq. 1 (render.py) and y_r the pixel colour. This is stage 1 of the two-stage

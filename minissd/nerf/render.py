@@ -29,6 +29,13 @@ from minissd.data.cameras import pixel_rays, ray_box
 from minissd.utils import rand
 
 STOP_EPS = 1e-4     # early termination threshold on the transmittance
+NEAR_MIN = 0.2      # rays start at least this far from the camera (the official ray marcher's
+                    # minimum near distance, in minissd units where the cameras sit at 2.6)
+RENDER_CHUNK = 4096           # rays per field call when rendering whole images without grad
+                              # (memory only: the image does not depend on it)
+MAX_RAYS_PER_PASS = 2048      # rays per forward/backward pass when a training or finetuning
+                              # step is split to bound memory (the gradients are summed, so the
+                              # step does not depend on it); autodecoder.code_step's passes
 
 
 def composite(sigma: torch.Tensor, rgb: torch.Tensor, deltas: torch.Tensor, t: torch.Tensor,
@@ -95,7 +102,7 @@ def eval_field_masked(field, pts: torch.Tensor, dirs: torch.Tensor, mask: torch.
 
 
 def render_rays(field, origins: torch.Tensor, dirs: torch.Tensor, n_samples: int,
-                near_min: float = 0.2, stratified: bool = False,
+                near_min: float = NEAR_MIN, stratified: bool = False,
                 generator: torch.Generator | None = None, occupancy=None,
                 bound: float = 1.0, segments: int = 1, background: float = 1.0,
                 stop_eps: float = STOP_EPS, return_samples: bool = False) -> dict:
@@ -145,7 +152,7 @@ def render_rays(field, origins: torch.Tensor, dirs: torch.Tensor, n_samples: int
 
 @torch.no_grad()
 def render_image(field, c2w: torch.Tensor, K: torch.Tensor, H: int, W: int, n_samples: int,
-                 chunk: int = 4096, occupancy=None, near_min: float = 0.2,
+                 chunk: int = RENDER_CHUNK, occupancy=None, near_min: float = NEAR_MIN,
                  bound: float = 1.0, early_stop: bool = True, segment_len: int = 16) -> dict:
     """Render whole images of B scenes, chunked, without grad.
 

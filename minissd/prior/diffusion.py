@@ -1,8 +1,9 @@
-"""Latent diffusion prior on triplane codes, v-parameterised (paper eq. 2-3; official code:
+"""Latent diffusion prior on triplane codes, v-parameterised (the paper's eq. 2; official code:
 lib/models/diffusions/gaussian_diffusion.py `GaussianDiffusion`, loss in
 lib/models/losses/ddpm_loss.py `DDPMMSELossMod`).
 
-Forward process (eq. 2 of the paper), for integer t in [0, T), larger t = more noise:
+Forward process (the noising x^(t) the paper defines under eq. 2), for integer t in [0, T),
+larger t = more noise:
 
     x_t = alpha_t * x0 + sigma_t * eps,       eps ~ N(0, I),
     alpha_t = sqrt(alphabar_t),  sigma_t = sqrt(1 - alphabar_t),  alpha_t^2 + sigma_t^2 = 1,
@@ -12,7 +13,7 @@ The denoiser predicts the velocity v (Salimans & Ho 2022) and is read out as x0:
 
     v = alpha * eps - sigma * x0,    x0 = alpha * x_t - sigma * v,    eps = sigma * x_t + alpha * v.
 
-Diffusion loss (eq. 3): a weighted x0 error with t ~ Uniform{0..T-1},
+Diffusion loss, eq. (2): a weighted x0 error with t ~ Uniform{0..T-1},
 
     L_diff(x0) = 0.5 * w(t) * mean_over_dims( (x0_hat(x_t, t) - x0)^2 ),
     w(t) = (alpha_t / sigma_t)^(2 omega),       omega = 0.5 (cars) or 0.25 (chairs).
@@ -73,7 +74,7 @@ class NoiseSchedule(nn.Module):
 
 # --- v <-> x0 <-> eps: one line each --------------------------------------------------
 def q_sample(x0, eps, alpha, sigma):
-    """x_t = alpha * x0 + sigma * eps (eq. 2); alpha, sigma (B,)."""
+    """x_t = alpha * x0 + sigma * eps (defined under eq. 2); alpha, sigma (B,)."""
     return per_sample(alpha, x0) * x0 + per_sample(sigma, x0) * eps
 
 
@@ -164,7 +165,8 @@ class DiffusionPrior(nn.Module):
         self.x0_sq_ema.mul_(1 - m).add_(m * x0.detach().float().pow(2).mean())
 
     def lambda_diff(self, c: float) -> float:
-        """lambda_diff = c / EMA(mean(x0^2)); c = c_diff (4 train, 1 finetune)."""
+        """lambda_diff = c / EMA(mean(x0^2)); c = Config.c_diff (4) in training, TestConfig.ft_c_diff
+        (4; the paper's c'_diff is 1) when finetuning."""
         return float(c) / max(float(self.x0_sq_ema), 1e-12)
 
 
@@ -174,7 +176,7 @@ def prior_gradient(prior: DiffusionPrior, code_: torch.Tensor, c: float, *, gene
     diffusion term of finetuning (eq. 7). For pre-activation codes code_ (B, 3, C, R, R),
 
         g = grad_{code_}  scale * sum_i lambda_diff L_diff(2 tanh(code_i)),
-        lambda_diff = c / EMA(mean(x0^2))      (c = c_diff in training, c'_diff finetuning)
+        lambda_diff = c / EMA(mean(x0^2))      (c = c_diff in training, ft_c_diff = c'_diff finetuning)
 
     Each scene's gradient is its own loss's gradient times `scale` (training averages over
     the batch: scale = 1/B). The denoiser's parameter gradients accumulate into its .grad

@@ -1,4 +1,4 @@
-"""A 2D playground for the v-diffusion prior: the same `DiffusionPrior` (eq. 2-3) and
+"""A 2D playground for the v-diffusion prior: the same `DiffusionPrior` (eq. 2) and
 `ddim_sample`, with a tiny MLP in place of the triplane UNet.
 
     data   = ring of Gaussians in the plane,   x0 (N, 2)
@@ -86,7 +86,7 @@ def toy_config(**overrides):
     return get_preset("smoke", **overrides)
 
 
-def _demo(seed: int = 0) -> None:                       # python -m minissd.toy2d
+def _demo(seed: int = 0) -> None:                       # python -m minissd.prior.toy2d
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data, held = mixture_of_gaussians(4000, generator=g), mixture_of_gaussians(1000, generator=g)

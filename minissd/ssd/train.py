@@ -55,6 +55,7 @@ from minissd.errors import TrainingDiverged
 from minissd.nerf.autodecoder import code_step, sample_rays
 from minissd.nerf.decoder import TriplaneDecoder
 from minissd.nerf.occupancy import OccupancyGrid
+from minissd.nerf.render import MAX_RAYS_PER_PASS
 from minissd.nerf.triplane import CodeBank, code_activation, make_field
 from minissd.prior.diffusion import DiffusionPrior, prior_gradient
 from minissd.prior.ema import ema_beta_at, ema_copy, ema_update
@@ -63,7 +64,6 @@ from minissd.ssd.logs import append_log, write_log
 from minissd.utils import evenly_spaced, to_device
 
 FORMAT = "minissd-train-v2"      # v2: mean_code (stage-1 init), EMA ramp-up
-MAX_RAYS_PER_PASS = 2048
 MODES = ("single-stage", "two-stage")
 
 

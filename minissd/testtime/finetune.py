@@ -1,7 +1,8 @@
 """Code finetuning after guided sampling (eq. 7): networks frozen, only the code moves.
 
     x* = argmin_x  lambda_rend L_rend(x; observed rays) + lambda'_diff L_diff(x)        (7)
-    lambda'_diff = c / EMA(mean(x0^2)),  c = 1 at test time (4 in training)
+    lambda'_diff = c / EMA(mean(x0^2)),  c = TestConfig.ft_c_diff = 4 (the paper's c'_diff is 1;
+    our validation sweep chose 4, docs/testtime_calibration.md; training's c_diff is also 4)
 
 It has the structure of Algorithm 1 with psi and phi frozen: each OUTER iteration takes
 one denoiser pass for the diffusion gradient g_diff on the code (the cached prior

@@ -37,7 +37,7 @@ import torch
 
 from minissd.data.cameras import pixel_rays
 from minissd.nerf.autodecoder import lambda_rend
-from minissd.nerf.render import render_rays
+from minissd.nerf.render import NEAR_MIN, render_rays
 from minissd.nerf.triplane import make_field
 from minissd.prior.sampling import ddim_sample
 from minissd.utils import clip_x0, per_sample, randperm
@@ -72,7 +72,7 @@ def subset_rays(rays, n: int | None, generator: torch.Generator | None = None):
 
 
 def observed_views_loss(decoder, x: torch.Tensor, rays, n_samples: int, lam: float = 1.0,
-                near_min: float = 0.2, n_total: int | None = None) -> torch.Tensor:
+                near_min: float = NEAR_MIN, n_total: int | None = None) -> torch.Tensor:
     """lam * sum_rays 0.5 * ||render(x) - y||^2 per scene: x (B, 3, C, R, R) -> (B,).
 
     When `rays` is a random subset of n_total rays the sum is rescaled to estimate the
@@ -101,7 +101,7 @@ class GuidedDenoiser:
     def __init__(self, denoise, schedule, decoder, rays, *, lambda_gd: float, omega: float,
                  n_samples: int, n_views: int = 1, c_rend: float = 1.0,
                  rays_per_step: int | None = None, generator: torch.Generator | None = None,
-                 near_min: float = 0.2, clip: float | None = 2.0):
+                 near_min: float = NEAR_MIN, clip: float | None = 2.0):
         self.denoise, self.schedule, self.decoder, self.rays = denoise, schedule, decoder, rays
         self.lambda_gd, self.omega, self.n_samples, self.near_min = lambda_gd, omega, n_samples, near_min
         self.lam = lambda_rend(c_rend, n_views) / n_views   # eq. (1)'s weight of a SUM over N_v views
@@ -134,7 +134,7 @@ class GuidedDenoiser:
 def guided_sample(prior, decoder, rays, x_T: torch.Tensor, *, lambda_gd: float, steps: int,
                   n_samples: int, n_views: int = 1, c_rend: float = 1.0,
                   rays_per_step: int | None = None, generator=None, callback=None,
-                  progress: bool = False, near_min: float = 0.2) -> torch.Tensor:
+                  progress: bool = False, near_min: float = NEAR_MIN) -> torch.Tensor:
     """Guided DDIM (eta = 0) from x_T (B, 3, C, R, R) -> x0 (B, 3, C, R, R).
 
     lambda_gd = 0 skips the guidance entirely (plain DDIM, no rendering cost)."""
