@@ -10,7 +10,7 @@ test cars (split "test", seed 0):
   * images: image COV / MMD / PREC (evaluate.image_coverage), renders of every sample at
     4 cameras of the test spiral against the test cars' images at the same cameras.
 With --figure, a PNG of the first 8 samples of every model (one row per model, four
-views each), for the README.
+views each), for docs/results.md.
 """
 from __future__ import annotations
 

@@ -118,13 +118,13 @@ class TestConfig:
     (eq. 7). Each model file stores one (`Model.test`); the command line overrides single
     fields (`--test-set lambda_gd=20`). It is NOT part of the training Config, so
     calibrating test time never changes a model's key. The defaults were chosen by the
-    sweep in benchmarks/calibrate_testtime.py on a validation split (README).
+    sweep in benchmarks/calibrate_testtime.py on a validation split (docs/testtime_calibration.md).
     """
     __test__ = False               # not a pytest test class
     # --- image-guided sampling, eq. (5, 6) (guidance.py) ---------------------------------
     lambda_gd: float = 60.0        # guidance scale on the gradient of the per-pixel SUM of
                                    # 0.5 ||y - y_hat||^2 over the observed views (eq. 1's weight);
-                                   # validation sweep 7.5/15/30/60/120 -> 60 (README)
+                                   # validation sweep 7.5/15/30/60/120 -> 60 (docs/)
     recon_steps: int = 0           # DDIM steps to reconstruct; 0 = 1.5 x cfg.ddim_steps (paper 75/50)
     guide_rays: int = 0            # observed rays rendered per guidance step; 0 = 4 x rays_per_scene
     # --- finetuning, eq. (7) (finetune.py) ----------------------------------------------

@@ -33,7 +33,7 @@ RUN_S = 240                 # run-all: import torch + minissd, render the widget
 CHANGE_S = 60               # the output to follow one slider step
 
 NOTEBOOK_CELLS = [
-    # the same pattern as notebooks/03, 05 and 07: interact over a minissd function
+    # the same pattern as notebooks 03, 05 and 07: interact over a minissd function
     "from ipywidgets import interact\n"
     "from minissd.data.cameras import orbit_poses\n"
     "\n"

@@ -42,7 +42,7 @@ HALF_SIZE = 0.45            # largest half side of an object, raw SRN units
 RADIUS = SRN_CAMERA_RADIUS            # camera distance, raw SRN units (what is written to disk)
 FORMAT = 1
 LIGHT_DIRECTION = (0.5, 0.3, 1.0)
-# name -> file in pybullet_data (a URDF, or a bare .obj); licences: see README "Real objects"
+# name -> file in pybullet_data (a URDF, or a bare .obj); licences: see docs/real_data.md
 OBJECTS = {
     "duck": "duck_vhacd.urdf",
     "teddy": "teddy_vhacd.urdf",

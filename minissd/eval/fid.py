@@ -30,7 +30,7 @@ INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"      # torchvision IMAGENET1
 FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid port of TF FID net
 INCEPTION_TS_FILE = "inception-2015-12-05.pt"            # TorchScript TF net (StyleGAN2-ADA, mmgen)
 INCEPTION_TS_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
-                    + INCEPTION_TS_FILE)                 # for the README's one-time fetch only
+                    + INCEPTION_TS_FILE)                 # for the one-time fetch in docs/install.md only
 INCEPTION_ENV = "MINISSD_INCEPTION"                      # path of inception-2015-12-05.pt
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000                 # mmgen's KID (num_subsets, max size)
 # what each feature network is called in results, and whether its FID/KID can sit next to
@@ -116,7 +116,7 @@ def fid_network(device="cpu"):
 def fid_network_note(info) -> str:
     """One line for under a table: which network made FID/KID, and whether it compares."""
     if info is None:
-        return "FID/KID: n/a (no Inception network on disk; see the README, 'FID and KID')"
+        return "FID/KID: n/a (no Inception network on disk; see docs/install.md, 'FID and KID')"
     if info["comparable"]:
         return f"FID/KID features: {info['name']}, the network of the published numbers"
     return (f"FID/KID features: {info['name']}: these FID/KID values are NOT comparable with the "

@@ -6,7 +6,7 @@
     model.prior        # phi, EMA weights, frozen (model.prior.denoise(x_t, t) -> x0_hat)
 
 `load_or_train` looks for the model, in order, among the small pretrained checkpoints
-shipped with minissd (`model_dirs()`: minissd/assets/models/ inside an installed wheel,
+shipped with minissd (`model_dirs()`: the package's own assets/models/ in an installed wheel,
 then the repository's assets/models/ for a checkout or an editable install), in the cache
 (`MINISSD_CACHE`, default ~/.cache/minissd), and otherwise says so once, trains it
 (resumably, in the cache) and caches it. The command line `python -m minissd train ...`
