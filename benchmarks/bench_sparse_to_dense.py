@@ -4,7 +4,7 @@
         --counts 1 2 4 8 16 --max-eval 10 [--plot s2d.png]
 
 For each test scene, reconstructs from 1, 2, 4, ... input views spread over the spiral
-(guided sampling + rend+diff finetuning with the per-view-count schedule of finetune.SCHEDULES)
+(guided sampling + rend+diff finetuning with the per-view-count schedule of config.TestConfig.ft_schedule)
 and scores the SAME held-out views for every count. Prints the mean over scenes.
 """
 from __future__ import annotations

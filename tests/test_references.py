@@ -13,6 +13,9 @@ What counts as a reference (the README's "Conventions" states the same rules):
 * a bare `file.py`: some file of this repository has that name, unless the word
   "official" comes before it in the same sentence (the official SSDNeRF code's files);
 * `minissd.x.y`: the module imports and has the attribute;
+* `module.name` with `module` the name of one of minissd's modules (`config.TestConfig`,
+  `autodecoder.code_step`): a module of that name defines `name` (in the README, docs
+  and docstrings; `model.` and `decoder.` are skipped: there they name objects);
 * a relative Markdown link `[text](target)`: the target exists.
 
 Paths that start with the official code's folders (`lib/`, `configs/`, `tools/`,
@@ -41,6 +44,9 @@ PATH_RE = re.compile(r"(?<![\w./-])((?:[\w.-]+/)+[\w.-]*)")
 FILE_FUNC_RE = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.py):([A-Za-z_][\w.]*)")
 BARE_PY_RE = re.compile(r"(?<![\w/.-])([A-Za-z_][\w-]*\.py)\b(?!:)")
 DOTTED_RE = re.compile(r"(?<![\w/.-])(minissd(?:\.[A-Za-z_]\w*)+)")
+MODULE_ATTR_RE = re.compile(r"(?<![\w./-])([a-z_][a-z0-9_]*)\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)")
+OBJECT_NAMES = {"model", "decoder"}           # variables in prose, not the modules of that name
+FILE_EXTENSIONS = {"py", "ipynb", "md", "json", "jsonl", "pt", "png", "gif", "txt", "npz", "zip"}
 LINK_RE = re.compile(r"\]\(([^)\s]+)\)")
 SENTENCE_END = re.compile(r"(?:[.!?]\s|\n\s*\n|\n\s*[*|#-]\s)")
 
@@ -64,7 +70,7 @@ def notebook_texts(path: Path):
     """(cell number, source) of every markdown and code cell."""
     for i, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]):
         if cell["cell_type"] in ("markdown", "code"):
-            yield f"cell {i}", "".join(cell["source"])
+            yield f"{cell['cell_type']} cell {i}", "".join(cell["source"])
 
 
 def markdown_texts(path: Path):
@@ -96,6 +102,16 @@ def repo_files_by_name() -> dict:
     for p in ROOT.glob("*.py"):
         names.setdefault(p.name, []).append(p)
     return names
+
+
+@functools.lru_cache(maxsize=None)
+def module_files() -> dict:
+    """minissd's module names (file stems) -> their files."""
+    stems: dict[str, list[Path]] = {}
+    for p in (ROOT / "minissd").rglob("*.py"):
+        if p.stem != "__init__":
+            stems.setdefault(p.stem, []).append(p)
+    return stems
 
 
 @functools.lru_cache(maxsize=None)
@@ -188,7 +204,8 @@ def dotted_problem(name: str) -> str | None:
     return f"`{name}`: no such module"
 
 
-def problems_in(text: str, where: str, base: Path = ROOT, line0: int | None = None) -> list[str]:
+def problems_in(text: str, where: str, base: Path = ROOT, line0: int | None = None,
+                module_attrs: bool = True) -> list[str]:
     """Stale references in one text, each as 'WHERE[:LINE]: what is wrong' (LINE when the
     text starts at line `line0` of its file)."""
     out, seen = [], set()
@@ -236,6 +253,13 @@ def problems_in(text: str, where: str, base: Path = ROOT, line0: int | None = No
         msg = dotted_problem(m.group(1).rstrip("."))
         if msg:
             bad(msg)
+    for m in MODULE_ATTR_RE.finditer(text) if module_attrs else ():
+        pos[0] = m.start()
+        stem, name = m.groups()
+        files = module_files().get(stem)
+        if files and stem not in OBJECT_NAMES and name not in FILE_EXTENSIONS \
+                and not any(defines(f, name) for f in files):
+            bad(f"`{m.group(0)}`: no module {stem}.py defines {name!r}")
     for m in LINK_RE.finditer(text):
         pos[0] = m.start()
         target = m.group(1).split("#")[0]
@@ -251,8 +275,9 @@ def all_problems(kind: str) -> list[str]:
         for where, text in texts:
             if isinstance(where, int):
                 out += problems_in(text, rel, base, line0=where)
-            else:
-                out += problems_in(text, f"{rel} {where}", base, line0=1)
+            else:                # notebook code names variables like `train.x`: not checked
+                out += problems_in(text, f"{rel} {where}", base, line0=1,
+                                   module_attrs=not where.startswith("code"))
     return out
 
 
@@ -308,11 +333,13 @@ def test_a_planted_stale_name_is_caught(tmp_path):
                      "README.md: link `docs/nowhere.md`: no such file"], found
     mod = tmp_path / "stale.py"
     mod.write_text('"""Uses ssd/trainer.py and minissd.prior.diffusion.prior_grad."""\n'
-                   "x = 1  # see nerf/render.py:render_rays\n")
-    found = [p for where, text in py_texts(mod) for p in problems_in(text, f"stale.py:{where}")]
-    assert found == ["stale.py:1: `ssd/trainer.py`: no such file or folder",
-                     "stale.py:1: `minissd.prior.diffusion.prior_grad`: "
-                     "'minissd.prior.diffusion' has no attribute 'prior_grad'"], found
+                   "x = 1  # see nerf/render.py:render_rays, autodecoder.code_stepp\n")
+    found = sorted(p for where, text in py_texts(mod) for p in problems_in(text, f"stale.py:{where}"))
+    assert found == ["stale.py:1: `minissd.prior.diffusion.prior_grad`: "
+                     "'minissd.prior.diffusion' has no attribute 'prior_grad'",
+                     "stale.py:1: `ssd/trainer.py`: no such file or folder",
+                     "stale.py:2: `autodecoder.code_stepp`: no module autodecoder.py defines "
+                     "'code_stepp'"], found
 
 
 def test_readme_test_command_is_what_ci_runs():
