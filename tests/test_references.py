@@ -8,7 +8,8 @@ What counts as a reference (the README's "Conventions" states the same rules):
   `assets/models/`): the file or folder exists;
 * a path inside the package without the `minissd/` prefix (`nerf/render.py`): it exists
   under minissd/, unless the sentence cites the official code;
-* `path/file.py:name` or `file.py:Class.method`: the file exists and defines the name
+* `path/file.py:name`, `file.py:Class.method` or file.py `name`: the file exists and
+  defines the name
   (a def, class or assignment at the top level, then attributes of a class);
 * a bare `file.py`: some file of this repository has that name, unless the word
   "official" comes before it in the same sentence (the official SSDNeRF code's files);
@@ -41,7 +42,7 @@ OFFICIAL_DIRS = ("lib", "configs", "tools", "demo")
 SKIP_FILES = {Path(__file__).resolve()}       # this file names stale references on purpose
 
 PATH_RE = re.compile(r"(?<![\w./-])((?:[\w.-]+/)+[\w.-]*)")
-FILE_FUNC_RE = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.py):([A-Za-z_][\w.]*)")
+FILE_FUNC_RE = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.py)(?::|(?:'s)? `)([A-Za-z_][\w.]*)")
 BARE_PY_RE = re.compile(r"(?<![\w/.-])([A-Za-z_][\w-]*\.py)\b(?!:)")
 DOTTED_RE = re.compile(r"(?<![\w/.-])(minissd(?:\.[A-Za-z_]\w*)+)")
 MODULE_ATTR_RE = re.compile(r"(?<![\w./-])([a-z_][a-z0-9_]*)\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)")
@@ -226,9 +227,9 @@ def problems_in(text: str, where: str, base: Path = ROOT, line0: int | None = No
             continue
         files = [f for f in files if f.is_file()]
         if not files:
-            bad(f"`{m.group(0)}`: no file {m.group(1)}")
+            bad(f"`{m.group(1)}:{m.group(2)}`: no file {m.group(1)}")
         elif not any(defines(f, m.group(2).rstrip(".")) for f in files):
-            bad(f"`{m.group(0)}`: {m.group(1)} defines no {m.group(2).rstrip('.')!r}")
+            bad(f"`{m.group(1)}:{m.group(2)}`: {m.group(1)} defines no {m.group(2).rstrip('.')!r}")
     for m in PATH_RE.finditer(text):
         pos[0] = m.start()
         if any(a <= m.start() < b for a, b in claimed):
@@ -333,13 +334,15 @@ def test_a_planted_stale_name_is_caught(tmp_path):
                      "README.md: link `docs/nowhere.md`: no such file"], found
     mod = tmp_path / "stale.py"
     mod.write_text('"""Uses ssd/trainer.py and minissd.prior.diffusion.prior_grad."""\n'
-                   "x = 1  # see nerf/render.py:render_rays, autodecoder.code_stepp\n")
+                   "x = 1  # see nerf/render.py:render_rays, autodecoder.code_stepp,\n"
+                   "# render.py `composite`, render.py `compose`\n")
     found = sorted(p for where, text in py_texts(mod) for p in problems_in(text, f"stale.py:{where}"))
     assert found == ["stale.py:1: `minissd.prior.diffusion.prior_grad`: "
                      "'minissd.prior.diffusion' has no attribute 'prior_grad'",
                      "stale.py:1: `ssd/trainer.py`: no such file or folder",
                      "stale.py:2: `autodecoder.code_stepp`: no module autodecoder.py defines "
-                     "'code_stepp'"], found
+                     "'code_stepp'",
+                     "stale.py:3: `render.py:compose`: render.py defines no 'compose'"], found
 
 
 def test_readme_test_command_is_what_ci_runs():
