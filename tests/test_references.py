@@ -115,12 +115,17 @@ def module_files() -> dict:
     return stems
 
 
+def assigned_names(stmt) -> set:
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
 @functools.lru_cache(maxsize=None)
 def defined_names(path: Path) -> dict:
-    """Top-level names of a Python file -> the attribute names of classes (else None)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    """Top-level names of a Python file -> the attribute names of classes (else None):
+    methods and nested classes, names assigned in the class body, and `self.x`."""
     out: dict[str, set | None] = {}
-    for node in tree.body:
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             out[node.name] = None
         elif isinstance(node, ast.ClassDef):
@@ -128,27 +133,17 @@ def defined_names(path: Path) -> dict:
             for sub in ast.walk(node):
                 if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                     attrs.add(sub.name)
-                elif isinstance(sub, ast.AnnAssign) and isinstance(sub.target, ast.Name):
-                    attrs.add(sub.target.id)
-                elif isinstance(sub, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
-                    targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
-                    for t in targets:
-                        for n in ast.walk(t):
-                            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) \
-                                    and n.value.id == "self":
-                                attrs.add(n.attr)
-                            elif isinstance(n, ast.Name) and sub in node.body:
-                                attrs.add(n.id)
+                elif isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) \
+                        and sub.value.id == "self":
+                    attrs.add(sub.attr)
+            for stmt in node.body:
+                if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+                    attrs |= assigned_names(stmt)
             out[node.name] = attrs
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for t in targets:
-                for n in ast.walk(t):
-                    if isinstance(n, ast.Name):
-                        out[n.id] = None
+            out.update(dict.fromkeys(assigned_names(node)))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            for a in node.names:
-                out[(a.asname or a.name).split(".")[0]] = None
+            out.update(dict.fromkeys((a.asname or a.name).split(".")[0] for a in node.names))
     return out
 
 
