@@ -73,6 +73,7 @@ class OrbitViewer:
         self.controls = ("mouse" if has_ipyevents() else "sliders") if controls == "auto" else controls
         self._drag = None                     # (x0, y0, azimuth0, elevation0) while dragging
         self._widget = self._events = self._image = self._label = None
+        self.callbacks = []                   # fn(viewer) after every new frame (on_frame)
         self.frames = 0
         self.frame = self.render(self.res)    # the first frame, drawn now (headless-safe)
 
@@ -116,6 +117,12 @@ class OrbitViewer:
         if self._image is not None:
             self._image.value = self.png(self.frame)
             self._label.value = self.caption()
+        for fn in self.callbacks:
+            fn(self)
+
+    def on_frame(self, fn) -> None:
+        """Call fn(viewer) after every new frame (e.g. to show the truth from viewer.camera())."""
+        self.callbacks.append(fn)
 
     def caption(self) -> str:
         return (f"azimuth {self.azimuth:.0f}°, elevation {self.elevation:.0f}°, "

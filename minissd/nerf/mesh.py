@@ -243,7 +243,7 @@ def plot_mesh(mesh: Mesh, ax=None, elev: float = 20.0, azim: float = 30.0, shade
     lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
     c, r = (lo + hi) / 2, (hi - lo).max() / 2
     ax.set_xlim(c[0] - r, c[0] + r), ax.set_ylim(c[1] - r, c[1] + r), ax.set_zlim(c[2] - r, c[2] + r)
-    ax.set_box_aspect((1, 1, 1))
+    ax.set_box_aspect((1, 1, 1), zoom=1.5)                               # fill the axes
     ax.view_init(elev=elev, azim=azim)
     ax.set_xlabel("x"), ax.set_ylabel("y"), ax.set_zlabel("z")
     return ax
