@@ -5,7 +5,7 @@ over a minissd function, serves it with `jupyter lab` on 127.0.0.1 (a free port,
 token, throw-away config/settings/workspace dirs), opens it in headless Chromium, runs all
 cells, presses the right-arrow key on the slider handle and checks that the output was
 recomputed by the kernel for the new value. A second notebook shows `viz.orbit_viewer` on
-a shipped smoke model; the test drags the mouse across its image and checks that the
+a shipped laptop model (as in notebook 06); the test drags the mouse across its image and checks that the
 kernel re-rendered it (the pixels and the azimuth readout change).
 
 It skips (with the reason) when selenium, jupyterlab/ipywidgets, a Chromium binary or
@@ -50,8 +50,8 @@ VIEWER_CELLS = [
     # notebooks 01, 06, 07: the drag-to-rotate viewer of one code
     "from minissd.ssd.model import Model\n"
     "from minissd.viz import orbit_viewer\n"
-    f"model = Model.load({str(ROOT / 'assets' / 'models' / 'cars-single-stage-smoke-allv-200it-de43b840.pt')!r})\n"
-    "viewer = orbit_viewer(model, model.codes[0], res=32, controls='mouse')\n"
+    f"model = Model.load({str(ROOT / 'assets' / 'models' / 'cars-single-stage-laptop-allv-1000it-d3c40c15.pt')!r})\n"
+    "viewer = orbit_viewer(model, model.codes[0], res=64, controls='mouse')\n"
     "viewer\n",
 ]
 
@@ -327,6 +327,9 @@ def test_drag_rotates_orbit_viewer_in_jupyterlab(browser, lab, tmp_path):
         assert after.startswith("azimuth -"), after                  # dragged right: turns left
         _wait(driver, CHANGE_S, lambda d: (lambda p: p and p != before)(_js(d, PIXELS_JS)),
               "the rendered image to change after the drag")
+        shot = os.environ.get("MINISSD_VIEWER_SCREENSHOT")   # docs/export.md's picture
+        if shot:
+            img.find_element("xpath", "./ancestor::div[contains(@class, 'jp-Cell')][1]").screenshot(shot)
     except BaseException:
         driver.save_screenshot(str(tmp_path / "failure.png"))
         print(f"screenshot: {tmp_path / 'failure.png'}; server log: {tmp_path / 'jupyter.log'}")
