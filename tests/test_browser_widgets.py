@@ -13,6 +13,7 @@ chromedriver is missing, or when the browser cannot be started; `.ci/run` instal
 where it can (Debian's `chromium` + `chromium-driver`, `pip install -e ".[all]"` for
 selenium). Set MINISSD_REQUIRE_BROWSER=1 to turn those skips into failures.
 """
+import contextlib
 import json
 import os
 import pathlib
@@ -235,6 +236,35 @@ return k && w.sessionContext.isReady && k.status === 'idle' ? w.context.path : n
 """
 
 
+@contextlib.contextmanager
+def _reporting(driver, tmp_path):
+    """On failure save a screenshot and name the server log; always print the time taken."""
+    t0 = time.monotonic()
+    try:
+        yield
+    except BaseException:
+        driver.save_screenshot(str(tmp_path / "failure.png"))
+        print(f"screenshot: {tmp_path / 'failure.png'}; server log: {tmp_path / 'jupyter.log'}")
+        raise
+    finally:
+        print(f"browser part took {time.monotonic() - t0:.1f} s")
+
+
+def _open_and_run_all(driver, lab, name):
+    """Open notebook `name` of the lab fixture, wait for an idle kernel, run all cells."""
+    base, token = lab
+    driver.get(f"{base}/lab/tree/{name}?reset&token={token}")
+    path = _wait(driver, PAGE_S, lambda d: _js(d, KERNEL_IDLE_JS),
+                 f"JupyterLab to open {name} with an idle kernel")
+    assert path == name
+    driver.execute_script("return window.jupyterapp.commands.execute('notebook:run-all-cells');")
+
+
+def _wait_element(driver, css, what):
+    """The first element matching `css`, once the notebook has rendered it."""
+    return _wait(driver, RUN_S, lambda d: (d.find_elements("css selector", css) or [None])[0], what)
+
+
 def _output_text(driver):
     els = driver.find_elements("css selector", OUTPUT_CSS)
     return els[0].text.strip() if els else ""
@@ -242,19 +272,10 @@ def _output_text(driver):
 
 def test_slider_changes_output_in_jupyterlab(browser, lab, tmp_path):   # cheap skips first
     from selenium.webdriver.common.keys import Keys
-    base, token = lab
     driver = browser
-    t0 = time.monotonic()
-    try:
-        driver.get(f"{base}/lab/tree/widget.ipynb?reset&token={token}")
-        path = _wait(driver, PAGE_S, lambda d: _js(d, KERNEL_IDLE_JS),
-                     "JupyterLab to open widget.ipynb with an idle kernel")
-        assert path == "widget.ipynb"
-        driver.execute_script(
-            "return window.jupyterapp.commands.execute('notebook:run-all-cells');")
-        handle = _wait(driver, RUN_S,
-                       lambda d: (d.find_elements("css selector", HANDLE_CSS) or [None])[0],
-                       "the interact slider to render")
+    with _reporting(driver, tmp_path):
+        _open_and_run_all(driver, lab, "widget.ipynb")
+        handle = _wait_element(driver, HANDLE_CSS, "the interact slider to render")
         _wait(driver, RUN_S, lambda d: "orbit of" in _output_text(d),
               "the interact output")
         before = _output_text(driver)
@@ -270,12 +291,6 @@ def test_slider_changes_output_in_jupyterlab(browser, lab, tmp_path):   # cheap 
         assert after == "orbit of 2 cameras, poses (2, 4, 4)", after
         readout = driver.find_elements("css selector", ".widget-interact .widget-readout")
         assert readout and readout[0].text.strip() == "2", [r.text for r in readout]
-    except BaseException:
-        driver.save_screenshot(str(tmp_path / "failure.png"))
-        print(f"screenshot: {tmp_path / 'failure.png'}; server log: {tmp_path / 'jupyter.log'}")
-        raise
-    finally:
-        print(f"browser part took {time.monotonic() - t0:.1f} s")
 
 
 VIEWER_CSS = "img.minissd-orbit-viewer"
@@ -298,19 +313,10 @@ return c.toDataURL('image/png');
 def test_drag_rotates_orbit_viewer_in_jupyterlab(browser, lab, tmp_path):
     pytest.importorskip("ipyevents")
     from selenium.webdriver.common.action_chains import ActionChains
-    base, token = lab
     driver = browser
-    t0 = time.monotonic()
-    try:
-        driver.get(f"{base}/lab/tree/viewer.ipynb?reset&token={token}")
-        path = _wait(driver, PAGE_S, lambda d: _js(d, KERNEL_IDLE_JS),
-                     "JupyterLab to open viewer.ipynb with an idle kernel")
-        assert path == "viewer.ipynb"
-        driver.execute_script(
-            "return window.jupyterapp.commands.execute('notebook:run-all-cells');")
-        img = _wait(driver, RUN_S,
-                    lambda d: (d.find_elements("css selector", VIEWER_CSS) or [None])[0],
-                    "the orbit viewer's image to render")
+    with _reporting(driver, tmp_path):
+        _open_and_run_all(driver, lab, "viewer.ipynb")
+        img = _wait_element(driver, VIEWER_CSS, "the orbit viewer's image to render")
         before = _wait(driver, RUN_S, lambda d: _js(d, PIXELS_JS), "the first frame's pixels")
         label = _wait(driver, RUN_S, lambda d: _js(d, LABEL_JS), "the viewer's readout")
         assert label.startswith("azimuth 30"), label
@@ -330,9 +336,3 @@ def test_drag_rotates_orbit_viewer_in_jupyterlab(browser, lab, tmp_path):
         shot = os.environ.get("MINISSD_VIEWER_SCREENSHOT")   # docs/export.md's picture
         if shot:
             img.find_element("xpath", "./ancestor::div[contains(@class, 'jp-Cell')][1]").screenshot(shot)
-    except BaseException:
-        driver.save_screenshot(str(tmp_path / "failure.png"))
-        print(f"screenshot: {tmp_path / 'failure.png'}; server log: {tmp_path / 'jupyter.log'}")
-        raise
-    finally:
-        print(f"browser part took {time.monotonic() - t0:.1f} s")
