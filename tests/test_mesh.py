@@ -161,3 +161,20 @@ def test_cli_export_mesh(tmp_path, capsys):
     torch.save(torch.zeros(3, 2, 2), tmp_path / "bad.pt")
     assert main(["export-mesh", "--ckpt", SMOKE, "--code", str(tmp_path / "bad.pt"), "--out", out]) == 1
     assert "--code" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists(SMOKE), reason="shipped smoke model missing")
+def test_sample_and_reconstruct_write_meshes(tmp_path):
+    out = tmp_path / "samples"
+    assert main(["sample", "--ckpt", SMOKE, "--n", "1", "--frames", "2", "--res", "16",
+                 "--steps", "2", "--out", str(out), "--mesh", "--resolution", "24"]) == 0
+    header, vert, _ = _read_ply_numpy(str(out / "sample_000.ply"))
+    assert len(vert) > 100 and "property uchar red" in header
+    cfg = Model.load(SMOKE).cfg
+    data = ensure_dataset("cars", "test", n_scenes=1, n_views=4, resolution=cfg.image_res,
+                          seed=0, progress=False)
+    rec = tmp_path / "recon"
+    assert main(["reconstruct", "--ckpt", SMOKE, "--data", data, "--input-views", "0",
+                 "--finetune", "none", "--steps", "2", "--max-eval", "1", "--out", str(rec),
+                 "--mesh", "--resolution", "24", "--format", "obj"]) == 0
+    assert (rec / "cars_0000.obj").exists() and (rec / "cars_0000.png").exists()
