@@ -14,8 +14,10 @@ Frames use empty-space skipping (an occupancy grid built once, occupancy.py) and
 ray termination (rays whose transmittance fell below 1e-4 stop being evaluated), so a
 64 x 64 frame of the laptop model renders in tens of milliseconds on a 2-core CPU
 (benchmarks/bench_viewer.py prints frames per second). While the mouse button is down,
-frames are rendered at `drag_res` (default: the full resolution, lower it on a slow
-machine) and the full resolution comes back when it is released.
+frames are rendered at `drag_res`; by default (drag_res=None) that adapts: the full
+resolution while a frame takes under 1 / `target_fps` seconds, 3/4 of the previous
+resolution (down to 16 px) after a slower frame, back up after fast ones. The full
+resolution comes back when the button is released.
 
 Mouse events come from `ipyevents` (an optional extra: pip install -e '.[viewer]') on an
 `ipywidgets.Image`; without it the viewer shows two sliders (azimuth, elevation) and a
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 
 import numpy as np
 import torch
@@ -52,7 +55,8 @@ class OrbitViewer:
     ipywidgets box to display (built on first use)."""
 
     def __init__(self, model_or_decoder, code: torch.Tensor, res: int = 64,
-                 drag_res: int | None = None, display_px: int = 256, n_samples: int | None = None,
+                 drag_res: int | None = None, target_fps: float = 10.0, display_px: int = 256,
+                 n_samples: int | None = None,
                  azimuth: float = 30.0, elevation: float = 20.0, radius: float = CAMERA_RADIUS,
                  deg_per_px: float = 0.6, occ_res: int = 64, occ_threshold: float | None = None,
                  controls: str = "auto"):
@@ -67,7 +71,8 @@ class OrbitViewer:
                                                   generator=torch.Generator(dev).manual_seed(0))
         self.near_min = cfg.near_min if cfg is not None else 0.2
         self.box = occupied_box(self.occupancy)                          # (centre, half-size)
-        self.res, self.drag_res, self.display_px = res, drag_res or res, display_px
+        self.res, self.fixed_drag_res, self.display_px = res, drag_res, display_px
+        self.drag_res, self.target_fps = drag_res or res, target_fps
         self.azimuth, self.elevation, self.radius = float(azimuth), float(elevation), float(radius)
         self.deg_per_px = deg_per_px
         self.controls = ("mouse" if has_ipyevents() else "sliders") if controls == "auto" else controls
@@ -144,7 +149,9 @@ class OrbitViewer:
             self.azimuth = (az0 - (x - x0) * self.deg_per_px + 180.0) % 360.0 - 180.0
             self.elevation = float(np.clip(el0 + (y - y0) * self.deg_per_px,
                                            -MAX_ELEVATION, MAX_ELEVATION))
+            t0 = time.perf_counter()
             self.redraw(self.drag_res)
+            self._adapt(time.perf_counter() - t0)
         elif kind in ("mouseup", "mouseleave") and self._drag is not None:
             self._drag = None
             self.redraw(self.res)
@@ -152,6 +159,17 @@ class OrbitViewer:
             step = 1.1 ** float(np.sign(event.get("deltaY", 0)))
             self.radius = float(np.clip(self.radius * step, MIN_RADIUS, MAX_RADIUS))
             self.redraw(self.res)
+
+    def _adapt(self, seconds: float) -> None:
+        """Adaptive drag resolution (drag_res=None): 3/4 after a frame slower than
+        1/target_fps, x 4/3 (up to res) after one faster than half of that."""
+        if self.fixed_drag_res is not None:
+            return
+        budget = 1.0 / self.target_fps
+        if seconds > budget:
+            self.drag_res = max(16, int(self.drag_res * 0.75))
+        elif seconds < 0.5 * budget:
+            self.drag_res = min(self.res, int(math.ceil(self.drag_res * 4 / 3)))
 
     # ------------------------------------------------------------------ widgets
     @property

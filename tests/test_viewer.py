@@ -69,3 +69,16 @@ def test_mouse_widget_uses_ipyevents(model):
     box = v.widget
     assert v._events.source is v._image and "mousemove" in v._events.watched_events
     assert "minissd-orbit-viewer" in v._image._dom_classes and box.children[0] is v._image
+
+
+def test_drag_resolution_adapts_to_the_frame_time(model):
+    slow = orbit_viewer(model, model.codes[0], res=32, target_fps=1e6)   # every frame too slow
+    fast = orbit_viewer(model, model.codes[0], res=32, target_fps=1e-6)  # every frame fast enough
+    for v in (slow, fast):
+        v.handle_event({"type": "mousedown", "relativeX": 0, "relativeY": 0, "buttons": 1})
+        for i in range(1, 8):
+            v.handle_event({"type": "mousemove", "relativeX": 4 * i, "relativeY": 0, "buttons": 1})
+    assert slow.drag_res == 16 and slow.frame.shape[0] < 32          # shrank, down to the floor
+    assert fast.drag_res == 32 and fast.frame.shape[0] == 32
+    slow.handle_event({"type": "mouseup"})
+    assert slow.frame.shape[0] == 32                                  # full resolution at rest
