@@ -27,6 +27,7 @@ COMMANDS = {
     "train": ("minissd.commands.train", "train single-stage or two-stage SSDNeRF"),
     "sample": ("minissd.commands.sample", "sample new objects from a trained model and render turntables"),
     "reconstruct": ("minissd.commands.reconstruct", "reconstruct objects from posed views (guided sampling + finetuning)"),
+    "export-mesh": ("minissd.commands.export_mesh", "marching cubes on a scene's density: a coloured PLY/OBJ mesh"),
     "evaluate": ("minissd.commands.evaluate", "reconstruction / generation metrics, ablations A0-A3"),
     "plot": ("minissd.commands.plot", "draw the training curves of a run folder's log.jsonl into curves.png"),
 }
@@ -42,6 +43,10 @@ EXAMPLES = {
     "sample": "python -m minissd sample --ckpt runs/ss/model.pt --n 8 --out samples/",
     "reconstruct": "python -m minissd reconstruct --ckpt runs/ss/model.pt --data data/cars_test "
                    "--input-views 64 --out recon/",
+    "export-mesh": "python -m minissd export-mesh --ckpt runs/ss/model.pt --scene 0 --out meshes/\n"
+                   "  python -m minissd export-mesh --ckpt runs/ss/model.pt --sample 4 --seed 1 --out meshes/\n"
+                   "  python -m minissd export-mesh --ckpt runs/ss/model.pt --code samples/codes.pt "
+                   "--format obj --resolution 128 --out meshes/",
     "evaluate": "python -m minissd evaluate --ckpt runs/ss/model.pt --data data/cars_test "
                 "--task recon --ablation A0 --json a0.json\n"
                 "  python -m minissd evaluate --ckpt runs/ss/model.pt --data data/cars_test "

@@ -1,4 +1,5 @@
-"""Pictures of triplane codes, image grids and training curves for the notebooks.
+"""Pictures of triplane codes, image grids and training curves for the notebooks
+(and `orbit_viewer`, the drag-to-rotate view of one code, from viewer.py).
 
 A code x in R^{3 x C x R x R} has no colours of its own; to look at it we project the C
 channels of every texel of all three planes onto their top three principal directions,
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from minissd.nerf.triplane import PLANE_NAMES
+from minissd.viewer import orbit_viewer  # noqa: F401  (drag-to-rotate view of a code; viewer.py)
 
 
 def _np(x):

@@ -4,13 +4,16 @@ The test writes a tiny notebook that uses `ipywidgets.interact` (as the real not
 over a minissd function, serves it with `jupyter lab` on 127.0.0.1 (a free port, a random
 token, throw-away config/settings/workspace dirs), opens it in headless Chromium, runs all
 cells, presses the right-arrow key on the slider handle and checks that the output was
-recomputed by the kernel for the new value.
+recomputed by the kernel for the new value. A second notebook shows `viz.orbit_viewer` on
+a shipped laptop model (as in notebook 06); the test drags the mouse across its image and checks that the
+kernel re-rendered it (the pixels and the azimuth readout change).
 
 It skips (with the reason) when selenium, jupyterlab/ipywidgets, a Chromium binary or
 chromedriver is missing, or when the browser cannot be started; `.ci/run` installs them
 where it can (Debian's `chromium` + `chromium-driver`, `pip install -e ".[all]"` for
 selenium). Set MINISSD_REQUIRE_BROWSER=1 to turn those skips into failures.
 """
+import contextlib
 import json
 import os
 import pathlib
@@ -42,6 +45,15 @@ NOTEBOOK_CELLS = [
     "    print(f'orbit of {n} cameras, poses {tuple(poses.shape)}')\n"
     "\n"
     "interact(show, n=(1, 10, 1));\n",
+]
+
+VIEWER_CELLS = [
+    # notebooks 01, 06, 07: the drag-to-rotate viewer of one code
+    "from minissd.ssd.model import Model\n"
+    "from minissd.viz import orbit_viewer\n"
+    f"model = Model.load({str(ROOT / 'assets' / 'models' / 'cars-single-stage-laptop-allv-1000it-d3c40c15.pt')!r})\n"
+    "viewer = orbit_viewer(model, model.codes[0], res=64, controls='mouse')\n"
+    "viewer\n",
 ]
 
 
@@ -77,7 +89,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _write_notebook(path):
+def _write_notebook(path, cells=NOTEBOOK_CELLS):
     nb = {
         "nbformat": 4, "nbformat_minor": 5,
         "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
@@ -85,7 +97,7 @@ def _write_notebook(path):
                      "language_info": {"name": "python"}},
         "cells": [{"cell_type": "code", "id": f"cell{i}", "metadata": {}, "source": src,
                    "outputs": [], "execution_count": None}
-                  for i, src in enumerate(NOTEBOOK_CELLS)],
+                  for i, src in enumerate(cells)],
     }
     path.write_text(json.dumps(nb, indent=1))
 
@@ -101,6 +113,7 @@ def lab(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     _write_notebook(work / "widget.ipynb")
+    _write_notebook(work / "viewer.ipynb", VIEWER_CELLS)
     home = tmp_path / "jupyter"
     env = dict(os.environ)
     env.update({
@@ -223,6 +236,35 @@ return k && w.sessionContext.isReady && k.status === 'idle' ? w.context.path : n
 """
 
 
+@contextlib.contextmanager
+def _reporting(driver, tmp_path):
+    """On failure save a screenshot and name the server log; always print the time taken."""
+    t0 = time.monotonic()
+    try:
+        yield
+    except BaseException:
+        driver.save_screenshot(str(tmp_path / "failure.png"))
+        print(f"screenshot: {tmp_path / 'failure.png'}; server log: {tmp_path / 'jupyter.log'}")
+        raise
+    finally:
+        print(f"browser part took {time.monotonic() - t0:.1f} s")
+
+
+def _open_and_run_all(driver, lab, name):
+    """Open notebook `name` of the lab fixture, wait for an idle kernel, run all cells."""
+    base, token = lab
+    driver.get(f"{base}/lab/tree/{name}?reset&token={token}")
+    path = _wait(driver, PAGE_S, lambda d: _js(d, KERNEL_IDLE_JS),
+                 f"JupyterLab to open {name} with an idle kernel")
+    assert path == name
+    driver.execute_script("return window.jupyterapp.commands.execute('notebook:run-all-cells');")
+
+
+def _wait_element(driver, css, what):
+    """The first element matching `css`, once the notebook has rendered it."""
+    return _wait(driver, RUN_S, lambda d: (d.find_elements("css selector", css) or [None])[0], what)
+
+
 def _output_text(driver):
     els = driver.find_elements("css selector", OUTPUT_CSS)
     return els[0].text.strip() if els else ""
@@ -230,19 +272,10 @@ def _output_text(driver):
 
 def test_slider_changes_output_in_jupyterlab(browser, lab, tmp_path):   # cheap skips first
     from selenium.webdriver.common.keys import Keys
-    base, token = lab
     driver = browser
-    t0 = time.monotonic()
-    try:
-        driver.get(f"{base}/lab/tree/widget.ipynb?reset&token={token}")
-        path = _wait(driver, PAGE_S, lambda d: _js(d, KERNEL_IDLE_JS),
-                     "JupyterLab to open widget.ipynb with an idle kernel")
-        assert path == "widget.ipynb"
-        driver.execute_script(
-            "return window.jupyterapp.commands.execute('notebook:run-all-cells');")
-        handle = _wait(driver, RUN_S,
-                       lambda d: (d.find_elements("css selector", HANDLE_CSS) or [None])[0],
-                       "the interact slider to render")
+    with _reporting(driver, tmp_path):
+        _open_and_run_all(driver, lab, "widget.ipynb")
+        handle = _wait_element(driver, HANDLE_CSS, "the interact slider to render")
         _wait(driver, RUN_S, lambda d: "orbit of" in _output_text(d),
               "the interact output")
         before = _output_text(driver)
@@ -258,9 +291,48 @@ def test_slider_changes_output_in_jupyterlab(browser, lab, tmp_path):   # cheap 
         assert after == "orbit of 2 cameras, poses (2, 4, 4)", after
         readout = driver.find_elements("css selector", ".widget-interact .widget-readout")
         assert readout and readout[0].text.strip() == "2", [r.text for r in readout]
-    except BaseException:
-        driver.save_screenshot(str(tmp_path / "failure.png"))
-        print(f"screenshot: {tmp_path / 'failure.png'}; server log: {tmp_path / 'jupyter.log'}")
-        raise
-    finally:
-        print(f"browser part took {time.monotonic() - t0:.1f} s")
+
+
+VIEWER_CSS = "img.minissd-orbit-viewer"
+LABEL_JS = """
+const img = document.querySelector('img.minissd-orbit-viewer');
+const box = img && img.closest('.widget-vbox');
+const lab = box && box.querySelector('.widget-label');
+return lab ? lab.textContent : null;
+"""
+PIXELS_JS = """
+const img = document.querySelector('img.minissd-orbit-viewer');
+if (!img || !img.complete || !img.naturalWidth) return null;
+const c = document.createElement('canvas');
+c.width = img.naturalWidth; c.height = img.naturalHeight;
+c.getContext('2d').drawImage(img, 0, 0);
+return c.toDataURL('image/png');
+"""
+
+
+def test_drag_rotates_orbit_viewer_in_jupyterlab(browser, lab, tmp_path):
+    pytest.importorskip("ipyevents")
+    from selenium.webdriver.common.action_chains import ActionChains
+    driver = browser
+    with _reporting(driver, tmp_path):
+        _open_and_run_all(driver, lab, "viewer.ipynb")
+        img = _wait_element(driver, VIEWER_CSS, "the orbit viewer's image to render")
+        before = _wait(driver, RUN_S, lambda d: _js(d, PIXELS_JS), "the first frame's pixels")
+        label = _wait(driver, RUN_S, lambda d: _js(d, LABEL_JS), "the viewer's readout")
+        assert label.startswith("azimuth 30"), label
+
+        # a person's drag: press on the image, move right in steps, release
+        chain = ActionChains(driver).move_to_element(img).click_and_hold()
+        for _ in range(6):
+            chain.move_by_offset(12, 0).pause(0.15)
+        chain.release().perform()
+        after = _wait(driver, CHANGE_S,
+                      lambda d: (lambda t: t if t and not t.startswith("azimuth 30") else None)(
+                          _js(d, LABEL_JS)),
+                      "the viewer's azimuth to change after the drag")
+        assert after.startswith("azimuth -"), after                  # dragged right: turns left
+        _wait(driver, CHANGE_S, lambda d: (lambda p: p and p != before)(_js(d, PIXELS_JS)),
+              "the rendered image to change after the drag")
+        shot = os.environ.get("MINISSD_VIEWER_SCREENSHOT")   # docs/export.md's picture
+        if shot:
+            img.find_element("xpath", "./ancestor::div[contains(@class, 'jp-Cell')][1]").screenshot(shot)

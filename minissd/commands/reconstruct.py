@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minissd.cli import non_negative, positive, require_positive, writable_dir
+from minissd.commands.export_mesh import add_mesh_flags, write_meshes
 from minissd.config import pick_device
 from minissd.data.srn import SRNDataset
 from minissd.eval.evaluate import write_json
@@ -34,6 +35,9 @@ def add_arguments(p):
     p.add_argument("--max-eval", type=positive(), help="evaluate on at most N held-out views per scene")
     p.add_argument("--seed", type=non_negative(), default=0, help="sampling seed (scene i: seed + i)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--mesh", action="store_true",
+                   help="also write a coloured mesh of every reconstruction (<scene>.ply; export-mesh)")
+    add_mesh_flags(p, default_resolution=128)
 
 
 def run(args):
@@ -62,6 +66,9 @@ def run(args):
                      "ssim": float(r["ssim"].mean()), "n_eval": len(r["eval_ids"])})
         save_figure(r, os.path.join(args.out, f"{scene['name']}.png"),
                     title=f"{scene['name']}: {rows[-1]['psnr']:.2f} dB ({args.finetune})")
+        if args.mesh:
+            write_meshes(model, r["code"][None], args.out, [scene["name"]], args.resolution,
+                         args.threshold, args.format, quiet=True)
         tqdm.write(f"{scene['name']}: PSNR {rows[-1]['psnr']:.2f} dB  SSIM {rows[-1]['ssim']:.3f}")
     summary = {"ckpt": args.ckpt, "data": args.data, "input_views": args.input_views,
                "finetune": args.finetune, "test_config": model.test.to_dict(),

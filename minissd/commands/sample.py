@@ -9,6 +9,7 @@ import os
 import torch
 
 from minissd.cli import non_negative, positive, writable_dir
+from minissd.commands.export_mesh import add_mesh_flags, write_meshes
 from minissd.config import pick_device
 from minissd.errors import TrainingDiverged
 from minissd.ssd.model import Model
@@ -31,6 +32,9 @@ def add_arguments(p):
     p.add_argument("--res", type=positive(2048), help="render resolution (default: training images)")
     p.add_argument("--seed", type=non_negative(), default=0, help="sampling seed")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--mesh", action="store_true",
+                   help="also write a coloured mesh of every sample (sample_*.ply; export-mesh)")
+    add_mesh_flags(p, default_resolution=128)
 
 
 def run(args):
@@ -53,6 +57,9 @@ def run(args):
         json.dump([{"sample": i, "nearest": model.names[j] if model.names else int(j),
                     "code_mse": round(float(d), 6)} for i, (j, d) in enumerate(zip(idx, dist))],
                   f, indent=1)
+    if args.mesh:
+        write_meshes(model, codes, args.out, [f"sample_{i:03d}" for i in range(args.n)],
+                     args.resolution, args.threshold, args.format)
     print(f"wrote {args.n} samples to {args.out} (turntables.png, sample_*.gif, codes.pt, "
-          "nearest.json)")
+          "nearest.json" + (f", sample_*.{args.format}" if args.mesh else "") + ")")
     return 0
