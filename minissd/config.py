@@ -320,10 +320,28 @@ def preset_for_notebook(big: str | None = None, **overrides) -> Config:
     return get_preset(name, **overrides)
 
 
+def available_devices() -> list[str]:
+    """The devices this machine has: 'cpu', then 'cuda:0'... and 'mps' when present."""
+    mps = getattr(torch.backends, "mps", None)
+    return (["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            + (["mps"] if mps is not None and mps.is_available() else []))
+
+
 def pick_device(prefer: str | None = None) -> torch.device:
-    """CUDA, then Apple MPS, then CPU; `prefer` ('cpu', 'cuda', ...) overrides."""
+    """CUDA, then Apple MPS, then CPU; `prefer` ('cpu', 'cuda', 'cuda:1', ...) overrides,
+    and a device this machine does not have is refused (ValueError naming --device and
+    the devices there are)."""
     if prefer:
-        return torch.device(prefer)
+        have = available_devices()
+        try:
+            dev = torch.device(prefer)
+        except RuntimeError:
+            dev = None
+        name = None if dev is None else (f"cuda:{dev.index or 0}" if dev.type == "cuda" else dev.type)
+        if name not in have:
+            raise ValueError(f"--device {prefer}: not available here; this machine has "
+                             f"{', '.join(have)}")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
