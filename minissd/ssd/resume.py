@@ -63,20 +63,20 @@ class Resumable:
                 ckpt.remove_orphans(self.out_dir)
                 self._log_rows_written = 0
                 self.write_log()                       # the log as of the checkpoint
-            bar = tqdm(total=end, initial=self.it, disable=not progress, desc=self.mode)
-            while self.it < end:
-                row = self.outer_step()
-                bad = diverged(row, self.cfg) or self.nonfinite_parameters()
-                if bad:
-                    self._stop(bad, row)
-                bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss_rend", "loss_diff")
-                                 if not math.isnan(row[k])}, refresh=False)
-                bar.update(1)
-                if self.out_dir and (self.it % self.cfg.ckpt_every == 0 or self.it == end):
-                    self.save()
-                elif self.out_dir and self.it % log_every == 0:
-                    self.write_log(append=True)
-            bar.close()
+            # closed on any exit, so an error or Ctrl-C message starts on a line of its own
+            with tqdm(total=end, initial=self.it, disable=not progress, desc=self.mode) as bar:
+                while self.it < end:
+                    row = self.outer_step()
+                    bad = diverged(row, self.cfg) or self.nonfinite_parameters()
+                    if bad:
+                        self._stop(bad, row)
+                    bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss_rend", "loss_diff")
+                                     if not math.isnan(row[k])}, refresh=False)
+                    bar.update(1)
+                    if self.out_dir and (self.it % self.cfg.ckpt_every == 0 or self.it == end):
+                        self.save()
+                    elif self.out_dir and self.it % log_every == 0:
+                        self.write_log(append=True)
         finally:
             if own_lock is not None:
                 own_lock.release()
