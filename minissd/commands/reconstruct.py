@@ -8,16 +8,8 @@ import os
 import torch
 from tqdm.auto import tqdm
 
-from minissd.cli import (
-    SEED_MAX,
-    distinct_views,
-    non_negative,
-    not_an_input,
-    positive,
-    require_positive,
-    test_settings,
-    writable_dir,
-)
+from minissd.cli import SEED_MAX, distinct_views, non_negative, not_an_input, positive
+from minissd.cli import require_positive, test_settings, writable_dir
 from minissd.config import pick_device
 from minissd.data.srn import SRNDataset
 from minissd.eval.evaluate import write_json
