@@ -5,13 +5,16 @@ Each command has its own module in `minissd/commands/` (named after it) defining
 module lazily so that `--help` is fast.
 
 Known user errors (a bad argument, data folder or checkpoint; a full disk; a locked run
-folder; a diverged run) print one line naming the file or argument and exit with status
-1; `--debug` shows the traceback instead. The argument types below (`positive`,
+folder; a diverged run; running out of memory) print one line naming the file or
+argument and exit with status 1; Ctrl-C prints one line saying what was kept and how to
+go on (a command's `interrupted(args, argv)`) and exits with 130; `--debug` shows the
+traceback instead. The argument types below (`positive`,
 `non_negative`) refuse zero, negative and absurd sizes at parse time.
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import importlib
 import importlib.util
 import os
@@ -80,6 +83,9 @@ def version() -> str:
 
 
 # ---------------------------------------------------------------- argument types ----
+SEED_MAX = 2**63 - 1            # torch.manual_seed takes a signed 64-bit seed
+
+
 def positive(at_most: int | None = None):
     """An argparse type: an integer >= 1 (and <= at_most)."""
     return _int_type(1, at_most)
@@ -114,6 +120,32 @@ def require_positive(args, *names) -> None:
             raise UserError(f"--{name.replace('_', '-')} {v}: must be at least 1")
 
 
+def distinct_views(ids, flag: str = "--input-views") -> list:
+    """View ids given once each (`--input-views 0 0 0` is one view, not three)."""
+    dup = sorted({v for v in ids if list(ids).count(v) > 1})
+    if dup:
+        raise UserError(f"{flag} {' '.join(map(str, ids))}: view {dup} given more than once")
+    return list(ids)
+
+
+def check_steps(steps, cfg, flag: str = "--steps") -> None:
+    """DDIM steps a model can take: at most its T diffusion steps."""
+    if steps is not None and steps > cfg.T:
+        raise UserError(f"{flag} {steps}: more DDIM steps than the model's T={cfg.T}")
+
+
+def test_settings(model, args):
+    """The model's test-time settings with --test-set, --steps (recon_steps) and
+    --lambda-gd applied, validated against the model: what the run will really use, and
+    what its output records."""
+    check_steps(getattr(args, "steps", None), model.cfg)
+    steps = [f"recon_steps={args.steps}"] if getattr(args, "steps", None) else []
+    t = model.test.with_overrides(list(args.test_set) + steps)
+    if args.lambda_gd is not None:
+        t = replace(t, lambda_gd=args.lambda_gd).validate(where="--lambda-gd")
+    return t.validate(model.cfg, where="--test-set")
+
+
 # -------------------------------------------------------------- output locations ----
 def writable_dir(path: str, flag: str) -> str:
     """Create folder `path` if needed and check a file can be written in it, before any
@@ -138,6 +170,20 @@ def writable_file(path: str, flag: str) -> str:
         raise UserError(f"{flag} {path}: file is not writable")
     writable_dir(os.path.dirname(os.path.abspath(path)), flag)
     return path
+
+
+def not_an_input(outputs, inputs: dict) -> None:
+    """No command writes over its own input: UserError when one of the files it will
+    write (`outputs`: {flag or description: path}) is one of `inputs` ({flag: path})."""
+    def same(a: str, b: str) -> bool:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+        return os.path.realpath(a) == os.path.realpath(b)
+    for out_flag, out in outputs.items():
+        for in_flag, path in inputs.items():
+            if out and path and same(out, path):
+                raise UserError(f"{out_flag} {out}: is the {in_flag} input, which it would "
+                                "overwrite; choose another name")
 
 
 # ------------------------------------------------------------------------ routing ----
@@ -172,9 +218,23 @@ def user_error_types() -> tuple:
     return (UserError, ValueError, OSError, TrainingDiverged)
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """A CPU or GPU allocation failure (MemoryError, torch's OutOfMemoryError, or the
+    allocator's RuntimeError)."""
+    text = str(e)
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
+        isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                         or "not enough memory" in text))
+
+
 def error_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename and e.strerror:
         return f"{e.filename}: {e.strerror}"
+    if out_of_memory(e):
+        first = (str(e).splitlines() or [""])[0][:200]
+        return ("out of memory" + (f" ({first})" if first else "") + ": lower the sizes that "
+                "scale memory (rays_per_scene, code_res, scenes_per_batch, image_res, n_samples; "
+                "--scenes, --res), or use a machine with more memory")
     return str(e) or type(e).__name__
 
 
@@ -191,8 +251,15 @@ def main(argv=None) -> int:
     module = importlib.import_module(COMMANDS[argv[0]][0])
     try:
         return module.run(args) or 0
-    except user_error_types() as e:
+    except KeyboardInterrupt:
         if debug:
+            raise
+        note = getattr(module, "interrupted", None)
+        print("interrupted: " + (note(args, argv) if note else "no output is left half-written; "
+                                 "run the command again"), file=sys.stderr)
+        return 130
+    except BaseException as e:
+        if debug or not (isinstance(e, user_error_types()) or out_of_memory(e)):
             raise
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 1

@@ -15,14 +15,14 @@ checkpoint made with a different config raises a clear error (see checkpoint.py)
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-import json
+from dataclasses import asdict, dataclass, replace
 import math
 import os
 
 import torch
 
 from minissd.nerf.render import NEAR_MIN
+from minissd.overrides import field_kinds, load_json_overrides, parse_pair, parse_pairs, typed_dict
 
 
 @dataclass(frozen=True)
@@ -97,19 +97,15 @@ class Config:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        fixed = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v)
-                 if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**fixed)
+    def from_dict(cls, d: dict, where: str = "config") -> "Config":
+        """A Config from its `to_dict()` (JSON lists back to tuples); unknown keys and
+        wrong types refused naming `where` (e.g. the model file). Not range-checked:
+        call validate()."""
+        return cls(**typed_dict(d, FIELD_TYPES, where))
 
-    def validate(self) -> "Config":
+    def validate(self, where: str = "config") -> "Config":
         """Raise ValueError naming the first field with an impossible value; returns self."""
-        validate(self)
-        return self
+        return validate(self, where)
 
 
 @dataclass(frozen=True)
@@ -152,39 +148,30 @@ class TestConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "TestConfig":
-        d = dict(d or {})
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown test-time keys {sorted(unknown)}; valid: {sorted(names)}")
-        if isinstance(d.get("ft_schedule"), list):
-            d["ft_schedule"] = tuple(tuple(x) for x in d["ft_schedule"])
-        return cls(**d)
+    def from_dict(cls, d: dict | None, where: str = "test-time config") -> "TestConfig":
+        """A TestConfig from its `to_dict()` (None: the defaults); typed, not range-checked."""
+        return cls(**typed_dict(dict(d or {}), TEST_FIELD_TYPES, where))
 
-    def with_overrides(self, pairs) -> "TestConfig":
-        """A copy with KEY=VALUE strings applied (`--test-set`), each parsed as JSON and
-        type-checked against the field's default."""
-        kinds = {f.name: type(f.default) for f in fields(self)}
-        over = {}
-        for pair in pairs or ():
-            key, sep, raw = pair.partition("=")
-            if not sep or key not in kinds:
-                raise ValueError(f"--test-set {pair!r}: expected KEY=VALUE with KEY one of "
-                                 f"{sorted(kinds)}")
-            try:
-                val = json.loads(raw)
-            except json.JSONDecodeError:
-                raise ValueError(f"--test-set {pair!r}: {raw!r} is not a number or JSON value")
-            want = kinds[key]
-            if want is float and isinstance(val, int) and not isinstance(val, bool):
-                val = float(val)
-            if want is tuple and isinstance(val, list):
-                val = tuple(tuple(x) if isinstance(x, list) else x for x in val)
-            if not isinstance(val, want) or isinstance(val, bool):
-                raise ValueError(f"--test-set {pair!r}: {key} takes a {want.__name__}")
-            over[key] = val
-        return replace(self, **over)
+    def with_overrides(self, pairs, flag: str = "--test-set") -> "TestConfig":
+        """A validated copy with KEY=VALUE strings applied (`--test-set lambda_gd=30`)."""
+        return replace(self, **parse_pairs(pairs, TEST_FIELD_TYPES, flag)).validate(where=flag)
+
+    def validate(self, cfg: "Config | None" = None, where: str = "test-time") -> "TestConfig":
+        """Raise ValueError naming the first setting with an impossible value (NaN, a
+        negative scale, zero inner steps, a malformed schedule; with `cfg`, more DDIM
+        steps than the model's T); returns self."""
+        check_ranges(self, TEST_FIELD_TYPES, TEST_RANGES, where)
+        sched = self.ft_schedule
+        if not sched or not all(
+                isinstance(e, (tuple, list)) and len(e) == 3 and _is_int(e[0]) and e[0] >= 1
+                and _is_int(e[1]) and e[1] >= 0 and _is_num(e[2]) and math.isfinite(e[2])
+                and e[2] >= 0 for e in sched):
+            raise ValueError(f"{where} ft_schedule={sched!r}: expected ((from_n_views >= 1, "
+                             "outer_iterations >= 0, lr >= 0), ...), at least one entry")
+        if cfg is not None and self.recon_steps > cfg.T:
+            raise ValueError(f"{where} recon_steps={self.recon_steps}: more DDIM steps than the "
+                             f"model's T={cfg.T}")
+        return self
 
 
 PRESETS = {
@@ -241,7 +228,8 @@ def get_preset(name: str, **overrides) -> Config:
 
 
 # ----------------------------------------------------------------- validation ----
-FIELD_TYPES = {f.name: f.type for f in fields(Config)}     # "int", "float", "str", "tuple"
+FIELD_TYPES = field_kinds(Config)                  # "int", "float", "str", "tuple"
+TEST_FIELD_TYPES = field_kinds(TestConfig)
 POSITIVE = ("image_res", "data_scenes", "data_views", "code_ch", "code_res", "dec_hidden",
             "n_samples", "occ_grid_res", "scenes_per_batch", "rays_per_scene", "lr_code",
             "lr_decoder", "lr_denoiser", "c_rend", "T", "c_diff", "unet_base", "unet_res_blocks",
@@ -251,92 +239,78 @@ NON_NEGATIVE = ("views_per_scene", "code_reg", "near_min", "occ_threshold", "occ
                 "diff_batch", "seed")
 AT_MOST = {"image_res": 4096, "code_res": 1024, "occ_grid_res": 1024, "n_samples": 4096,
            "rays_per_scene": 1 << 20, "scenes_per_batch": 1 << 16, "T": 100_000,
-           "ddim_steps": 100_000, "unet_dropout": 0.999, "ema_beta": 1.0, "x0_ema_momentum": 1.0}
+           "ddim_steps": 100_000, "unet_dropout": 0.999, "x0_ema_momentum": 1.0,
+           "seed": 2**63 - 1}
+BELOW = {"ema_beta": 1.0}          # beta = 1 never moves the EMA (and has no half-life)
+# TestConfig: (positive, non-negative, at most)
+TEST_RANGES = (("ft_inner", "ft_lr_decay"),
+               ("lambda_gd", "recon_steps", "guide_rays", "ft_c_rend", "ft_c_diff", "ft_lr_scale",
+                "ft_rays"),
+               {"ft_lr_decay": 1.0, "recon_steps": 100_000, "guide_rays": 1 << 20,
+                "ft_rays": 1 << 20, "ft_inner": 10_000})
 
 
-def validate(cfg: Config) -> Config:
-    """Check every field's type and range; raise ValueError naming the field. Returns cfg."""
-    for name, kind in FIELD_TYPES.items():
-        v = getattr(cfg, name)
-        ok = {"int": lambda x: isinstance(x, int) and not isinstance(x, bool),
-              "float": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_ranges(obj, kinds: dict, ranges: tuple, where: str) -> None:
+    """Every field of dataclass `obj` of its declared kind, finite, and within
+    ranges = (positive, non_negative, at_most[, below]); ValueError naming it otherwise."""
+    positive, non_negative, at_most = ranges[:3]
+    below = ranges[3] if len(ranges) > 3 else {}
+    for name, kind in kinds.items():
+        v = getattr(obj, name)
+        ok = {"int": _is_int, "float": _is_num, "bool": lambda x: isinstance(x, bool),
               "str": lambda x: isinstance(x, str),
               "tuple": lambda x: isinstance(x, (tuple, list))}[kind](v)
         if not ok:
-            raise ValueError(f"config {name}={v!r}: expected {kind}")
+            raise ValueError(f"{where} {name}={v!r}: expected {kind}")
         if kind in ("int", "float"):
             if not math.isfinite(v):
-                raise ValueError(f"config {name}={v!r}: must be a finite number")
-            if name in POSITIVE and v <= 0:
-                raise ValueError(f"config {name}={v!r}: must be positive")
-            if name in NON_NEGATIVE and v < 0:
-                raise ValueError(f"config {name}={v!r}: must not be negative")
-            if name in AT_MOST and v > AT_MOST[name]:
-                raise ValueError(f"config {name}={v!r}: at most {AT_MOST[name]}")
+                raise ValueError(f"{where} {name}={v!r}: must be a finite number")
+            if name in positive and v <= 0:
+                raise ValueError(f"{where} {name}={v!r}: must be positive")
+            if name in non_negative and v < 0:
+                raise ValueError(f"{where} {name}={v!r}: must not be negative")
+            if name in at_most and v > at_most[name]:
+                raise ValueError(f"{where} {name}={v!r}: at most {at_most[name]}")
+            if name in below and v >= below[name]:
+                raise ValueError(f"{where} {name}={v!r}: must be below {below[name]}")
+
+
+def validate(cfg: Config, where: str = "config") -> Config:
+    """Check every field's type and range; raise ValueError naming the field. Returns cfg."""
+    check_ranges(cfg, FIELD_TYPES, (POSITIVE, NON_NEGATIVE, AT_MOST, BELOW), where)
     if cfg.schedule not in ("linear", "cosine"):
-        raise ValueError(f"config schedule={cfg.schedule!r}: must be 'linear' or 'cosine'")
+        raise ValueError(f"{where} schedule={cfg.schedule!r}: must be 'linear' or 'cosine'")
     for name in ("unet_mults", "unet_attn_res"):
-        if not all(isinstance(x, int) and x > 0 for x in getattr(cfg, name)):
-            raise ValueError(f"config {name}={getattr(cfg, name)!r}: positive integers expected")
+        if not all(_is_int(x) and x > 0 for x in getattr(cfg, name)):
+            raise ValueError(f"{where} {name}={getattr(cfg, name)!r}: positive integers expected")
     sched = cfg.k_in_schedule
-    if not sched or not all(len(p) == 2 and all(isinstance(x, int) for x in p) and p[1] > 0
-                            for p in sched):
-        raise ValueError(f"config k_in_schedule={sched!r}: expected ((from_iter, K_in), ...) "
-                         "with K_in > 0")
+    if not sched or not all(isinstance(p, (tuple, list)) and len(p) == 2 and _is_int(p[0])
+                            and _is_int(p[1]) and p[0] >= 0 and p[1] > 0 for p in sched):
+        raise ValueError(f"{where} k_in_schedule={sched!r}: expected ((from_iter >= 0, K_in > 0), "
+                         "...), e.g. [[0, 4], [100, 2]]")
+    if cfg.ddim_steps > cfg.T:
+        raise ValueError(f"{where} ddim_steps={cfg.ddim_steps}: more DDIM steps than T={cfg.T} "
+                         "diffusion steps")
     return cfg
 
 
 def parse_override(text: str) -> tuple[str, object]:
     """'key=value' -> (key, typed value), checked against Config's field type:
     int and float fields take numbers, tuple fields JSON lists ('[[0, 4], [10, 2]]')."""
-    key, sep, raw = text.partition("=")
-    key = key.strip().replace("-", "_")
-    if not sep:
-        raise ValueError(f"--set {text!r}: expected KEY=VALUE")
-    if key not in FIELD_TYPES:
-        raise ValueError(f"--set {key}: unknown config key; valid keys: {', '.join(FIELD_TYPES)}")
-    return key, coerce(key, raw.strip(), f"--set {key}")
-
-
-def coerce(key: str, value, where: str):
-    """`value` (a string from the command line, or a JSON value) as Config field `key`'s type."""
-    kind = FIELD_TYPES[key]
-    try:
-        if kind == "str":
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-        if isinstance(value, str) and kind in ("int", "float", "tuple"):
-            value = json.loads(value) if kind == "tuple" else value
-        if kind == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value) if not isinstance(value, str) else int(value, 10)
-        if kind == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if not isinstance(value, (list, tuple)):
-            raise ValueError
-        return tuple(tuple(x) if isinstance(x, (list, tuple)) else x for x in value)
-    except (ValueError, TypeError):
-        raise ValueError(f"{where}: {value!r} is not a valid {kind} for config field {key}") from None
+    return parse_pair(text, FIELD_TYPES, "--set")
 
 
 def load_config_file(path: str) -> dict:
     """The typed overrides of a JSON config file ({"code_res": 16, ...}); unknown keys refused."""
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"--config {path}: cannot read a JSON config ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"--config {path}: expected a JSON object of config fields")
-    unknown = sorted(set(raw) - set(FIELD_TYPES))
-    if unknown:
-        raise ValueError(f"--config {path}: unknown config keys {unknown}; valid keys: "
-                         f"{', '.join(FIELD_TYPES)}")
-    return {k: coerce(k, v, f"--config {path}") for k, v in raw.items()}
+    return load_json_overrides(path, FIELD_TYPES, "--config")
 
 
 def fast_mode() -> bool:
@@ -355,10 +329,28 @@ def preset_for_notebook(big: str | None = None, **overrides) -> Config:
     return get_preset(name, **overrides)
 
 
+def available_devices() -> list[str]:
+    """The devices this machine has: 'cpu', then 'cuda:0'... and 'mps' when present."""
+    mps = getattr(torch.backends, "mps", None)
+    return (["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            + (["mps"] if mps is not None and mps.is_available() else []))
+
+
 def pick_device(prefer: str | None = None) -> torch.device:
-    """CUDA, then Apple MPS, then CPU; `prefer` ('cpu', 'cuda', ...) overrides."""
+    """CUDA, then Apple MPS, then CPU; `prefer` ('cpu', 'cuda', 'cuda:1', ...) overrides,
+    and a device this machine does not have is refused (ValueError naming --device and
+    the devices there are)."""
     if prefer:
-        return torch.device(prefer)
+        have = available_devices()
+        try:
+            dev = torch.device(prefer)
+        except RuntimeError:
+            dev = None
+        name = None if dev is None else (f"cuda:{dev.index or 0}" if dev.type == "cuda" else dev.type)
+        if name not in have:
+            raise ValueError(f"--device {prefer}: not available here; this machine has "
+                             f"{', '.join(have)}")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)

@@ -3,9 +3,20 @@
 The command-line layer only: parse flags, check paths, call `minissd.eval.evaluate`."""
 from __future__ import annotations
 
+import math
 import os
 
-from minissd.cli import non_negative, positive, require_positive, writable_file
+from minissd.cli import (
+    SEED_MAX,
+    check_steps,
+    distinct_views,
+    non_negative,
+    not_an_input,
+    positive,
+    require_positive,
+    test_settings,
+    writable_file,
+)
 from minissd.config import pick_device
 from minissd.data.srn import SRNDataset
 from minissd.errors import UserError
@@ -53,7 +64,7 @@ def add_arguments(p):
     p.add_argument("--train-data", help="generation: the model's training folder, to calibrate the threshold")
     p.add_argument("--grid-res", type=positive(512), default=48, help="generation: density grid resolution")
     p.add_argument("--json", required=True, help="output JSON file")
-    p.add_argument("--seed", type=non_negative(), default=0, help="sampling seed (scene i: seed + i)")
+    p.add_argument("--seed", type=non_negative(SEED_MAX), default=0, help="sampling seed (scene i: seed + i)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
 
 
@@ -86,9 +97,14 @@ def run(args):
     if not os.path.isdir(args.data):
         raise SystemExit(f"--data {args.data}: no such folder")
     require_positive(args, "steps")
+    not_an_input({"--json": args.json}, {"--ckpt": args.ckpt, "--ckpt2": args.ckpt2,
+                                         "--train-data": args.train_data})
     writable_file(args.json, "--json")
+    if args.threshold is not None and not (math.isfinite(args.threshold) and args.threshold > 0):
+        raise UserError(f"--threshold {args.threshold}: a density threshold must be a positive "
+                        "finite number")
     if args.task == "recon":
-        check_input_views(args.input_views, args.data)
+        check_input_views(distinct_views(args.input_views), args.data)
     dev = pick_device(args.device)
     model = Model.load(args.ckpt, device=dev)
     common = dict(n_scenes=args.scenes, seed=args.seed)
@@ -99,14 +115,13 @@ def run(args):
         given = args.threshold is not None
         thr = args.threshold if given else (cal["threshold"] if cal else 10.0)
         print(f"density threshold {thr:.3g} ({'given' if given else 'calibrated' if cal else 'default'})")
+        check_steps(args.steps, model.cfg)
         res = evaluate_generation(model, args.data, args.samples, thr, res=args.grid_res,
                                   steps=args.steps, **common)
         res["calibration"] = cal
         table = markdown_table({res["label"]: res, **PAPER_GENERATION}, GEN_COLUMNS)
     else:
-        over = list(args.test_set) + ([f"recon_steps={args.steps}"] if args.steps else [])
-        kw = dict(input_views=args.input_views, eval_every=args.eval_every, lambda_gd=args.lambda_gd,
-                  **common)
+        kw = dict(input_views=args.input_views, eval_every=args.eval_every, **common)
         models = {model.mode: model}
         if args.ckpt2 and model.mode != "single-stage":
             raise UserError(f"--ckpt {args.ckpt}: a {model.mode} model; with --ckpt2 the "
@@ -115,7 +130,7 @@ def run(args):
             models["two-stage"] = Model.load(args.ckpt2, device=dev)
             check_pair(model, models["two-stage"], args.ckpt, args.ckpt2)
         for m in models.values():
-            m.test = m.test.with_overrides(over)
+            m.test = test_settings(m, args)         # what runs is what the JSON records
         if args.ablation:
             if "A1" in args.ablation and "two-stage" not in models:
                 raise SystemExit("--ablation A1 needs the two-stage model: pass --ckpt2 TWO_STAGE.pt")
@@ -128,6 +143,8 @@ def run(args):
     fid_net = fid.fid_network()
     table += "\n\n" + fid.fid_network_note(fid_net)
     print(table)
-    write_json({"args": vars(args), "results": res, "table": table, "fid_network": fid_net}, args.json)
+    used = {k: m.test.to_dict() for k, m in models.items()} if args.task == "recon" else None
+    write_json({"args": vars(args), "results": res, "table": table, "fid_network": fid_net,
+                "test_config": used}, args.json)
     print(f"-> {args.json}")
     return 0

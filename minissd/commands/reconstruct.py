@@ -8,7 +8,8 @@ import os
 import torch
 from tqdm.auto import tqdm
 
-from minissd.cli import non_negative, positive, require_positive, writable_dir
+from minissd.cli import SEED_MAX, distinct_views, non_negative, not_an_input, positive
+from minissd.cli import require_positive, test_settings, writable_dir
 from minissd.commands.export_mesh import add_mesh_flags, write_meshes
 from minissd.config import pick_device
 from minissd.data.srn import SRNDataset
@@ -33,7 +34,7 @@ def add_arguments(p):
     p.add_argument("--test-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a test-time setting of config.TestConfig, e.g. ft_c_diff=4")
     p.add_argument("--max-eval", type=positive(), help="evaluate on at most N held-out views per scene")
-    p.add_argument("--seed", type=non_negative(), default=0, help="sampling seed (scene i: seed + i)")
+    p.add_argument("--seed", type=non_negative(SEED_MAX), default=0, help="sampling seed (scene i: seed + i)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     p.add_argument("--mesh", action="store_true",
                    help="also write a coloured mesh of every reconstruction (<scene>.ply; export-mesh)")
@@ -45,10 +46,13 @@ def run(args):
     for flag, path, ok in (("--ckpt", args.ckpt, os.path.isfile), ("--data", args.data, os.path.isdir)):
         if not ok(path):
             raise SystemExit(f"{flag} {path}: not found")
-    writable_dir(args.out, "--out")
+    distinct_views(args.input_views)
+    metrics_json = os.path.join(args.out, "metrics.json")
+    not_an_input({"--out": args.out}, {"--data": args.data})
+    not_an_input({"--out ... metrics.json": metrics_json}, {"--ckpt": args.ckpt})
     model = Model.load(args.ckpt, device=pick_device(args.device))
-    model.test = model.test.with_overrides(
-        list(args.test_set) + ([f"recon_steps={args.steps}"] if args.steps else []))
+    model.test = test_settings(model, args)            # what runs is what metrics.json records
+    writable_dir(args.out, "--out")
     ds = SRNDataset(args.data, resolution=model.cfg.image_res)
     n = min(len(ds), args.scenes or len(ds))
     os.makedirs(args.out, exist_ok=True)
@@ -61,7 +65,7 @@ def run(args):
             raise SystemExit(f"{args.data}/{scene['name']}: has {V} views, no view {bad}")
         gen = torch.Generator(model.codes.device).manual_seed(args.seed + i)
         r = reconstruct_scene(model, scene, args.input_views, max_eval=args.max_eval,
-                              finetune=args.finetune, lambda_gd=args.lambda_gd, generator=gen)
+                              finetune=args.finetune, generator=gen)
         rows.append({"scene": scene["name"], "psnr": float(r["psnr"].mean()),
                      "ssim": float(r["ssim"].mean()), "n_eval": len(r["eval_ids"])})
         save_figure(r, os.path.join(args.out, f"{scene['name']}.png"),
@@ -72,10 +76,9 @@ def run(args):
         tqdm.write(f"{scene['name']}: PSNR {rows[-1]['psnr']:.2f} dB  SSIM {rows[-1]['ssim']:.3f}")
     summary = {"ckpt": args.ckpt, "data": args.data, "input_views": args.input_views,
                "finetune": args.finetune, "test_config": model.test.to_dict(),
-               "lambda_gd": args.lambda_gd or model.test.lambda_gd,
+               "lambda_gd": model.test.lambda_gd,
                "psnr": sum(r["psnr"] for r in rows) / len(rows),
                "ssim": sum(r["ssim"] for r in rows) / len(rows), "scenes": rows}
-    write_json(summary, os.path.join(args.out, "metrics.json"))      # NaN -> null
-    print(f"{n} scenes: PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.3f} "
-          f"-> {os.path.join(args.out, 'metrics.json')}")
+    write_json(summary, metrics_json)      # NaN -> null
+    print(f"{n} scenes: PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.3f} -> {metrics_json}")
     return 0

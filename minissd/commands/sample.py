@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from minissd.cli import non_negative, positive, writable_dir
+from minissd.cli import SEED_MAX, check_steps, non_negative, not_an_input, positive, writable_dir
 from minissd.commands.export_mesh import add_mesh_flags, write_meshes
 from minissd.config import pick_device
 from minissd.errors import TrainingDiverged
@@ -30,7 +30,7 @@ def add_arguments(p):
                    help="DDIM steps (default: the model's cfg.ddim_steps)")
     p.add_argument("--frames", type=positive(3600), default=24, help="turntable frames")
     p.add_argument("--res", type=positive(2048), help="render resolution (default: training images)")
-    p.add_argument("--seed", type=non_negative(), default=0, help="sampling seed")
+    p.add_argument("--seed", type=non_negative(SEED_MAX), default=0, help="sampling seed")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     p.add_argument("--mesh", action="store_true",
                    help="also write a coloured mesh of every sample (sample_*.ply; export-mesh)")
@@ -40,8 +40,11 @@ def add_arguments(p):
 def run(args):
     if not os.path.isfile(args.ckpt):
         raise SystemExit(f"--ckpt {args.ckpt}: no such file")
-    writable_dir(args.out, "--out")
+    outputs = ["codes.pt", "nearest.json", "turntables.png"] + [f"sample_{i:03d}.gif" for i in range(args.n)]
+    not_an_input({f"--out ... {f}": os.path.join(args.out, f) for f in outputs}, {"--ckpt": args.ckpt})
     model = Model.load(args.ckpt, device=pick_device(args.device))
+    check_steps(args.steps, model.cfg)
+    writable_dir(args.out, "--out")
     gen = torch.Generator(model.codes.device).manual_seed(args.seed)
     codes = sample_codes(model, args.n, args.steps, gen, progress=True)
     if not torch.isfinite(codes).all():

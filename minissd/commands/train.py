@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 import json
 import os
+import shlex
 import time
 
-from minissd.cli import non_negative, positive, writable_dir
+from minissd.cli import SEED_MAX, non_negative, not_an_input, positive, writable_dir
 from minissd.config import Config, get_preset, load_config_file, parse_override
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd.model import Model, train_run
@@ -34,7 +35,7 @@ def add_arguments(p):
                         "--set code_res=16 --set lr_code=5e-3")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--seed", type=int, help="random seed; default: the preset's (0)")
+    p.add_argument("--seed", type=non_negative(SEED_MAX), help="random seed; default: the preset's (0)")
 
 
 def config_from_args(args) -> Config:
@@ -49,20 +50,42 @@ def config_from_args(args) -> Config:
     return cfg if name is None else replace(cfg, name=name).validate()
 
 
+def write_config(out: str, cfg: Config) -> None:
+    ckpt.write_atomic(os.path.join(out, "config.json"),
+                      lambda f: f.write(json.dumps(cfg.to_dict(), indent=1) + "\n"), binary=False)
+
+
+def interrupted(args, argv) -> str:
+    """What Ctrl-C left behind, and the command that continues the run (cli.main)."""
+    path = os.path.join(args.out, "checkpoint.pt")
+    again = "python -m minissd " + " ".join(shlex.quote(a) for a in argv)
+    again += "" if "--resume" in argv else " --resume"
+    try:
+        it = ckpt.load(path)["iter"] if os.path.exists(path) else None
+    except (ValueError, KeyError):
+        it = None
+    if it is None:
+        return (f"no checkpoint was written yet in {args.out} (one comes every ckpt_every "
+                "iterations): run the command again")
+    return f"{path} (iteration {it}) is kept; continue with: {again}"
+
+
 def run(args):
     cfg = config_from_args(args)
     if not os.path.isdir(args.data):
         raise SystemExit(f"--data {args.data}: no such folder")
+    not_an_input({"--out": args.out}, {"--data": args.data})
+    not_an_input({"--out ... config.json": os.path.join(args.out, "config.json")},
+                 {"--config": args.config})
     writable_dir(args.out, "--out")
     with ckpt.RunLock(args.out) as lock:
         if os.path.exists(os.path.join(args.out, "checkpoint.pt")) and not args.resume:
             raise SystemExit(f"{args.out} already holds a checkpoint: pass --resume to continue it, "
                              "or choose another --out")
-        ckpt.write_atomic(os.path.join(args.out, "config.json"),
-                          lambda f: f.write(json.dumps(cfg.to_dict(), indent=1) + "\n"), binary=False)
         t0 = time.time()
+        # config.json is written only once data, config and checkpoint are all accepted
         tr = train_run(cfg, args.data, args.mode, args.out, device=args.device, resume=args.resume,
-                       lock=lock)
+                       lock=lock, before_training=lambda tr: write_config(args.out, cfg))
         flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
                  for k, v in vars(args).items() if v not in (None, False, [])]
         model = Model.from_trainer(tr, meta={"command": "python -m minissd train " + " ".join(flags),

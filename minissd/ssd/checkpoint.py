@@ -11,12 +11,14 @@ Nothing a long run has learned may be lost to a crash, a full disk or Ctrl-C:
     instead of loading with changed weights; `nonfinite` finds NaN/inf tensors.
   * `check_config` compares the config stored in a checkpoint with the one a run asks
     for and names every field that differs.
-  * `RunLock` is an exclusive lock on a run folder: one trainer per folder.
+  * `RunLock` is an exclusive lock on a run folder: one trainer per folder; its lock
+    file is opened without following symbolic links (a link is refused, never written).
 """
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import zipfile
 
 import torch
@@ -130,7 +132,17 @@ class RunLock:
         if os.path.exists(self.folder) and not os.path.isdir(self.folder):
             raise RunLocked(f"{self.folder}: exists and is not a folder")
         os.makedirs(self.folder, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, umask_mode())
+        try:               # never follow a link: the lock must not write into another file
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                         umask_mode())
+        except OSError as e:
+            if os.path.islink(self.path) or e.errno == errno.ELOOP:
+                raise RunLocked(f"{self.path}: is a symbolic link, not minissd's lock file; "
+                                "remove it (nothing it points to was touched)") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunLocked(f"{self.path}: is not a regular file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

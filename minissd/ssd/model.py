@@ -38,6 +38,7 @@ from minissd.ssd.train import MODES, Trainer, sparse_view_ids
 from minissd.utils import to_device
 
 MODEL_FORMAT = "minissd-model-v1"
+MODEL_KEYS = ("config", "mode", "decoder", "prior", "codes", "names", "log", "meta")
 # the repository's assets/ (a checkout or an editable install; train_assets.py writes here)
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))     # .../minissd
 ASSETS = os.path.join(os.path.dirname(PACKAGE_DIR), "assets")
@@ -116,22 +117,46 @@ class Model:
 
     @classmethod
     def load(cls, path: str, device="cpu") -> "Model":
+        """A model file, checked before use: format, every tensor finite, config and
+        test-time settings valid, mode known, codes and networks the shapes the config
+        says. Anything else is a CheckpointError naming the file."""
         sd = ckpt.load(path)
         if sd["format"] != MODEL_FORMAT:
             raise ckpt.CheckpointError(f"{path}: format {sd['format']!r}, expected {MODEL_FORMAT!r}"
                                        " (a training checkpoint? use Trainer.resume)")
+        missing = [k for k in MODEL_KEYS if k not in sd]
+        if missing:
+            raise ckpt.CheckpointError(f"{path}: incomplete model file, no {', '.join(missing)}")
         bad = ckpt.nonfinite({k: sd.get(k) for k in ("decoder", "prior", "codes")})
         if bad:
             raise ckpt.CheckpointError(f"{path}: the model holds NaN/inf values in "
                                        f"{', '.join(bad[:5])} (training diverged?)")
-        cfg = Config.from_dict(sd["config"])
+        try:
+            cfg = Config.from_dict(sd["config"], where=f"{path}: config").validate(f"{path}: config")
+            test = TestConfig.from_dict(sd.get("test"), where=f"{path}: test-time config").validate(
+                cfg, where=f"{path}: test-time")
+        except ValueError as e:
+            raise ckpt.CheckpointError(str(e)) from None
+        if sd["mode"] not in MODES:
+            raise ckpt.CheckpointError(f"{path}: mode {sd['mode']!r}, expected one of {MODES}")
+        codes, want = sd["codes"], (3, cfg.code_ch, cfg.code_res, cfg.code_res)
+        if not torch.is_tensor(codes) or codes.dim() != 5 or tuple(codes.shape[1:]) != want \
+                or len(codes) == 0:
+            shape = tuple(codes.shape) if torch.is_tensor(codes) else type(codes).__name__
+            raise ckpt.CheckpointError(f"{path}: codes of shape {shape}, expected (N >= 1, "
+                                       f"{', '.join(map(str, want))}) from its config")
         dec, prior = TriplaneDecoder(cfg.code_ch, cfg.dec_hidden), DiffusionPrior(cfg)
-        dec.load_state_dict(sd["decoder"])
-        prior.load_state_dict({k: v.float() if v.is_floating_point() else v
-                               for k, v in sd["prior"].items()})
-        return cls(cfg, sd["mode"], _frozen(dec), _frozen(prior), sd["codes"].float(),
-                   sd["names"], sd["log"], sd["meta"],
-                   TestConfig.from_dict(sd.get("test"))).to(device)
+        part = "decoder"
+        try:
+            dec.load_state_dict(sd["decoder"])
+            part = "prior"
+            prior.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                   for k, v in sd["prior"].items()})
+        except (RuntimeError, TypeError, AttributeError, KeyError) as e:
+            raise ckpt.CheckpointError(f"{path}: its {part} does not match its config "
+                                       f"({str(e).splitlines()[0]})") from None
+        return cls(cfg, sd["mode"], _frozen(dec), _frozen(prior), codes.float(),
+                   list(sd["names"]), list(sd["log"]), dict(sd["meta"]), test).to(device)
 
 
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:
@@ -159,21 +184,36 @@ def data_id(data_dir: str, n_scenes: int) -> str:
     return f"{os.path.basename(os.path.normpath(data_dir))}:{n_scenes}:{fp}"
 
 
+def check_near_min(cfg: Config, data: dict) -> None:
+    """ValueError unless rays starting cfg.near_min from the cameras can reach the scene:
+    near_min must be below the nearest camera's distance to the scene's centre."""
+    dist = float(data["c2w"][..., :3, 3].norm(dim=-1).min())
+    if cfg.near_min >= dist:
+        raise ValueError(f"config near_min={cfg.near_min!r}: rays would start beyond the scene "
+                         f"centre (the nearest training camera is {dist:.3g} from it); every "
+                         "render would be empty")
+
+
 def train_run(cfg: Config, data_dir: str, mode: str, out_dir: str, device=None,
               resume: bool = True, progress: bool = True, stop_after: int | None = None,
-              lock: ckpt.RunLock | None = None):
+              lock: ckpt.RunLock | None = None, before_training=None):
     """Train (or resume) a run in out_dir, holding its RunLock (`lock`, or one taken
-    here); returns the Trainer."""
+    here); returns the Trainer. `before_training(trainer)` runs once the data, config
+    and checkpoint have all been checked, before the first iteration (the command line
+    writes config.json there, so a refused run writes nothing)."""
     cfg.validate()
     own = None if lock is not None else ckpt.RunLock(out_dir).acquire()
     try:
         device = pick_device(device)
         data = load_training_data(data_dir, cfg, device)
+        check_near_min(cfg, data)
         tr = Trainer(cfg, data, mode=mode, device=device, out_dir=out_dir,
                      data_id=data_id(data_dir, len(data["names"])))
         tr.run_lock = lock or own
         if resume and tr.resume() and progress:
             print(f"resumed {out_dir} at iteration {tr.it}/{tr.total_iters}")
+        if before_training is not None:
+            before_training(tr)
         tr.train(progress=progress, stop_after=stop_after)
         tr.run_lock = None
     finally:

@@ -43,15 +43,11 @@ The EMA of the decoder and denoiser weights ramps up as the official configs do
 """
 from __future__ import annotations
 
-import math
-import os
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from minissd.config import Config
-from minissd.errors import TrainingDiverged
 from minissd.nerf.autodecoder import code_step, sample_rays
 from minissd.nerf.decoder import TriplaneDecoder
 from minissd.nerf.occupancy import OccupancyGrid
@@ -59,11 +55,9 @@ from minissd.nerf.render import MAX_RAYS_PER_PASS
 from minissd.nerf.triplane import CodeBank, code_activation, make_field
 from minissd.prior.diffusion import DiffusionPrior, prior_gradient
 from minissd.prior.ema import ema_beta_at, ema_copy, ema_update
-from minissd.ssd import checkpoint as ckpt
-from minissd.ssd.logs import append_log, write_log
+from minissd.ssd.resume import Resumable
 from minissd.utils import evenly_spaced, to_device
 
-FORMAT = "minissd-train-v2"      # v2: mean_code (stage-1 init), EMA ramp-up
 MODES = ("single-stage", "two-stage")
 
 
@@ -76,8 +70,9 @@ def warmup_factor(it: int, warmup: int) -> float:
     return min(1.0, (it + 1) / max(1, warmup))
 
 
-class Trainer:
-    """Owns the codes {x_i}, decoder psi, denoiser phi, their optimisers and EMAs.
+class Trainer(Resumable):
+    """Owns the codes {x_i}, decoder psi, denoiser phi, their optimisers and EMAs; its
+    train loop, checkpoints and resumption are in resume.Resumable.
 
     scene_data: dict from `SRNDataset.stack()` (images (N,V,H,W,3), c2w, K), already
     restricted to the training views.
@@ -276,151 +271,3 @@ class Trainer:
                "t_diff": t_diff, "t_rend": t_rend, "t_occ": t_occ}
         self.log.append(row)
         return row
-
-    def train(self, iters: int | None = None, progress: bool = True, stop_after: int | None = None,
-              log_every: int = 10):
-        """Run until `total_iters` (or `stop_after` more iterations), checkpointing
-        atomically every cfg.ckpt_every iterations and at the end, and appending the new
-        rows to out_dir/log.jsonl every `log_every` iterations.
-
-        The run folder is locked for the whole call (errors.RunLocked if another trainer
-        holds it). A NaN or infinite loss (or, at a checkpoint, parameter) stops training
-        with errors.TrainingDiverged before anything is saved: the last good checkpoint
-        is kept, and the log shows the rows up to the bad one."""
-        if log_every < 1:
-            raise ValueError(f"log_every must be positive, got {log_every}")
-        end = self.total_iters if iters is None else iters
-        if stop_after is not None:
-            end = min(end, self.it + stop_after)
-        own_lock = None
-        if self.out_dir and getattr(self, "run_lock", None) is None:
-            own_lock = self.run_lock = ckpt.RunLock(self.out_dir).acquire()
-        try:
-            if self.out_dir:
-                ckpt.remove_orphans(self.out_dir)
-                self._log_rows_written = 0
-                self.write_log()                       # the log as of the checkpoint
-            bar = tqdm(total=end, initial=self.it, disable=not progress, desc=self.mode)
-            while self.it < end:
-                row = self.outer_step()
-                bad = diverged(row, self.cfg)
-                if bad:
-                    self._stop(bad, row)
-                bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss_rend", "loss_diff")
-                                 if not math.isnan(row[k])}, refresh=False)
-                bar.update(1)
-                if self.out_dir and (self.it % self.cfg.ckpt_every == 0 or self.it == end):
-                    self.save()
-                elif self.out_dir and self.it % log_every == 0:
-                    self.write_log(append=True)
-            bar.close()
-        finally:
-            if own_lock is not None:
-                own_lock.release()
-                self.run_lock = None
-        return self.log
-
-    def _stop(self, what: str, row: dict):
-        """Raise TrainingDiverged, after writing the log up to the bad row."""
-        if self.out_dir:
-            self.write_log(append=True)
-        kept = (f"the last good checkpoint {self.ckpt_path()} is untouched"
-                if self.out_dir and os.path.exists(self.ckpt_path()) else "nothing was saved")
-        raise TrainingDiverged(
-            f"training diverged at iteration {row['iter']} ({row['phase']}): {what}; {kept}. "
-            "Lower the learning rates (e.g. --set lr_code=...) and train into a new --out, "
-            "or resume the run with --resume")
-
-    # ---------------------------------------------------------- checkpoints ------
-    def state_dict(self) -> dict:
-        return {"format": FORMAT, "config": self.cfg.to_dict(), "mode": self.mode,
-                "data_id": self.data_id, "iter": self.it,
-                "bank": self.bank.state_dict(), "occupancy": self.occupancy.state_dict(),
-                "decoder": self.decoder.state_dict(),
-                "prior": self.prior.state_dict(), "opt_dec": self.opt_dec.state_dict(),
-                "opt_prior": self.opt_prior.state_dict(),
-                "ema_decoder": self.ema_decoder.state_dict(),
-                "ema_prior": self.ema_prior.state_dict(),
-                "mean_code": self.mean_code.cpu(), "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "log": self.log}
-
-    def load_state_dict(self, sd: dict, path: str = "<checkpoint>"):
-        if sd.get("format") != FORMAT:
-            raise ckpt.CheckpointError(f"{path}: format {sd.get('format')!r}, expected {FORMAT!r}")
-        ckpt.check_config(path, sd["config"], self.cfg.to_dict())
-        for key, want in (("mode", self.mode), ("data_id", self.data_id)):
-            if key == "data_id" and same_data(sd[key], want):
-                continue
-            if sd[key] != want:
-                raise ckpt.CheckpointError(f"{path}: made with {key}={sd[key]!r}, "
-                                           f"this run has {key}={want!r}")
-        self.bank.load_state_dict(sd["bank"])
-        self.occupancy = OccupancyGrid.from_state_dict(sd["occupancy"], self.device)
-        self.decoder.load_state_dict(sd["decoder"])
-        self.prior.load_state_dict(sd["prior"])
-        self.opt_dec.load_state_dict(sd["opt_dec"])
-        self.opt_prior.load_state_dict(sd["opt_prior"])
-        self.ema_decoder.load_state_dict(sd["ema_decoder"])
-        self.ema_prior.load_state_dict(sd["ema_prior"])
-        self.mean_code = sd["mean_code"].to(self.device)
-        self.gen.set_state(sd["rng"])
-        torch.set_rng_state(sd["torch_rng"])
-        self.it, self.log = sd["iter"], list(sd["log"])
-
-    def ckpt_path(self) -> str:
-        return os.path.join(self.out_dir, "checkpoint.pt")
-
-    def log_path(self) -> str:
-        return os.path.join(self.out_dir, "log.jsonl")
-
-    def save(self) -> str:
-        """Write checkpoint.pt and log.jsonl atomically; refuse (TrainingDiverged) when a
-        parameter is NaN or infinite, so the last good checkpoint is never replaced."""
-        sd = self.state_dict()
-        bad = ckpt.nonfinite({k: sd[k] for k in ("bank", "decoder", "prior", "ema_decoder",
-                                                 "ema_prior", "mean_code")})
-        if bad:
-            self._stop(f"non-finite parameters {', '.join(bad[:5])}",
-                       self.log[-1] if self.log else {"iter": self.it, "phase": self.phase()})
-        path = ckpt.save_atomic(self.ckpt_path(), sd)
-        self.write_log()
-        return path
-
-    def write_log(self, append: bool = False) -> None:
-        """log.jsonl: the whole log (atomically), or only the rows not yet written."""
-        done = getattr(self, "_log_rows_written", 0)
-        if append and done <= len(self.log):
-            append_log(self.log_path(), self.log[done:])
-        else:
-            write_log(self.log_path(), self.log)
-        self._log_rows_written = len(self.log)
-
-    def resume(self) -> bool:
-        """Continue from out_dir/checkpoint.pt when it exists; True if resumed."""
-        path = self.ckpt_path()
-        if not os.path.exists(path):
-            return False
-        sd = ckpt.load(path, map_location=self.device)
-        bad = ckpt.nonfinite({k: sd.get(k) for k in ("bank", "decoder", "prior")})
-        if bad:
-            raise ckpt.CheckpointError(f"{path}: holds non-finite parameters ({', '.join(bad[:5])})")
-        self.load_state_dict(sd, path)
-        return True
-
-
-def diverged(row: dict, cfg: Config) -> str:
-    """'' if a log row's losses are finite, else which loss is NaN/inf and its value.
-    Missing losses are NaN by design and not divergence: loss_rend in stage 2,
-    loss_diff in stage 1, loss_diff_extra when cfg.diff_steps == 1."""
-    keys = {"single-stage": ("loss_rend", "loss_diff"), "stage1": ("loss_rend",),
-            "stage2": ("loss_diff",)}[row["phase"]]
-    if cfg.diff_steps > 1 and row["phase"] != "stage1":
-        keys += ("loss_diff_extra",)
-    bad = [f"{k} = {row[k]}" for k in keys if not math.isfinite(row[k])]
-    return ", ".join(bad)
-
-
-def same_data(saved: str, wanted: str) -> bool:
-    """Data ids match; a checkpoint written before data fingerprints ('name:N') matches
-    'name:N:fingerprint'."""
-    return saved == wanted or (saved.count(":") == 1 and wanted.startswith(saved + ":"))

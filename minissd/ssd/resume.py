@@ -1,0 +1,231 @@
+"""The Trainer's run folder: the outer loop's checkpoints, resumption and divergence stops.
+
+`train.Trainer` is Algorithm 1 (and the two-stage baseline); this mixin is everything
+around it that makes a long run safe to interrupt (checkpoint.py holds the file-level
+parts: atomic writes, safe loads, the run lock):
+
+  * `train()` runs outer iterations until the end of the schedule, checkpointing every
+    cfg.ckpt_every iterations and appending the log every few; the run folder is locked.
+  * Every iteration checks the losses AND, cheaply (one sum per tensor), every parameter
+    and EMA copy: a NaN the losses cannot see yet (an EMA weight, the denoiser in stage 1)
+    stops training at once with errors.TrainingDiverged, and the last good checkpoint is
+    kept.
+  * `save()` refuses a state holding any NaN/inf tensor (Adam moments and EMAs included);
+    `resume()` checks every tensor, the structure and the config of a checkpoint before
+    touching the trainer, and refuses a run asked to end before the iteration it reached.
+  * Data is identified by its content's fingerprint, not its folder's name, so a run
+    resumes from a byte-identical copy of its data elsewhere.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from tqdm.auto import tqdm
+
+from minissd.config import Config
+from minissd.errors import TrainingDiverged
+from minissd.nerf.occupancy import OccupancyGrid
+from minissd.ssd import checkpoint as ckpt
+from minissd.ssd.logs import append_log, write_log
+
+FORMAT = "minissd-train-v2"      # v2: mean_code (stage-1 init), EMA ramp-up
+MODULES = ("decoder", "prior", "ema_decoder", "ema_prior")
+STATE_KEYS = ("format", "config", "mode", "data_id", "iter", "bank", "occupancy", "decoder", "prior",
+              "opt_dec", "opt_prior", "ema_decoder", "ema_prior", "mean_code", "rng", "torch_rng",
+              "log")
+
+
+class Resumable:
+    """Mixin of train.Trainer: train loop, save, resume (see the module docstring)."""
+
+    def train(self, iters: int | None = None, progress: bool = True, stop_after: int | None = None,
+              log_every: int = 10):
+        """Run until `total_iters` (or `stop_after` more iterations), checkpointing
+        atomically every cfg.ckpt_every iterations and at the end, and appending the new
+        rows to out_dir/log.jsonl every `log_every` iterations.
+
+        The run folder is locked for the whole call (errors.RunLocked if another trainer
+        holds it). A NaN or infinite loss or parameter stops training with
+        errors.TrainingDiverged before anything is saved: the last good checkpoint is
+        kept, and the log shows the rows up to the bad one."""
+        if log_every < 1:
+            raise ValueError(f"log_every must be positive, got {log_every}")
+        end = self.total_iters if iters is None else iters
+        if stop_after is not None:
+            end = min(end, self.it + stop_after)
+        own_lock = None
+        if self.out_dir and getattr(self, "run_lock", None) is None:
+            own_lock = self.run_lock = ckpt.RunLock(self.out_dir).acquire()
+        try:
+            if self.out_dir:
+                ckpt.remove_orphans(self.out_dir)
+                self._log_rows_written = 0
+                self.write_log()                       # the log as of the checkpoint
+            # closed on any exit, so an error or Ctrl-C message starts on a line of its own
+            with tqdm(total=end, initial=self.it, disable=not progress, desc=self.mode) as bar:
+                while self.it < end:
+                    row = self.outer_step()
+                    bad = diverged(row, self.cfg) or self.nonfinite_parameters()
+                    if bad:
+                        self._stop(bad, row)
+                    bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss_rend", "loss_diff")
+                                     if not math.isnan(row[k])}, refresh=False)
+                    bar.update(1)
+                    if self.out_dir and (self.it % self.cfg.ckpt_every == 0 or self.it == end):
+                        self.save()
+                    elif self.out_dir and self.it % log_every == 0:
+                        self.write_log(append=True)
+        finally:
+            if own_lock is not None:
+                own_lock.release()
+                self.run_lock = None
+        return self.log
+
+    def nonfinite_parameters(self) -> str:
+        """'' when every code, network weight and EMA weight is finite, else which are not.
+        One sum per tensor and one device sync: cheap enough for every iteration."""
+        tensors = [self.bank.codes_] + [p for name in MODULES
+                                         for p in getattr(self, name).parameters()]
+        if torch.isfinite(torch.stack([t.detach().sum() for t in tensors]).sum()):
+            return ""
+        bad = ckpt.nonfinite({"bank": {"codes_": self.bank.codes_},
+                              **{name: getattr(self, name).state_dict() for name in MODULES}})
+        return f"non-finite parameters {', '.join(bad[:5])}" if bad else ""
+
+    def _stop(self, what: str, row: dict):
+        """Raise TrainingDiverged, after writing the log up to the bad row."""
+        if self.out_dir:
+            self.write_log(append=True)
+        kept = (f"the last good checkpoint {self.ckpt_path()} is untouched"
+                if self.out_dir and os.path.exists(self.ckpt_path()) else "nothing was saved")
+        raise TrainingDiverged(
+            f"training diverged at iteration {row['iter']} ({row['phase']}): {what}; {kept}. "
+            "Lower the learning rates (e.g. --set lr_code=...) and train into a new --out, "
+            "or resume the run with --resume")
+
+    # ---------------------------------------------------------- checkpoints ------
+    def state_dict(self) -> dict:
+        return {"format": FORMAT, "config": self.cfg.to_dict(), "mode": self.mode,
+                "data_id": self.data_id, "iter": self.it,
+                "bank": self.bank.state_dict(), "occupancy": self.occupancy.state_dict(),
+                "decoder": self.decoder.state_dict(),
+                "prior": self.prior.state_dict(), "opt_dec": self.opt_dec.state_dict(),
+                "opt_prior": self.opt_prior.state_dict(),
+                "ema_decoder": self.ema_decoder.state_dict(),
+                "ema_prior": self.ema_prior.state_dict(),
+                "mean_code": self.mean_code.cpu(), "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "log": self.log}
+
+    def check_state_dict(self, sd: dict, path: str) -> None:
+        """CheckpointError naming `path` unless sd is a whole, finite checkpoint of this
+        run (format, config, mode, data, iteration within the schedule)."""
+        missing = [k for k in STATE_KEYS if k not in sd]
+        if sd.get("format") != FORMAT:
+            raise ckpt.CheckpointError(f"{path}: format {sd.get('format')!r}, expected {FORMAT!r}")
+        if missing:
+            raise ckpt.CheckpointError(f"{path}: incomplete checkpoint, no {', '.join(missing)}")
+        if not isinstance(sd["config"], dict):
+            raise ckpt.CheckpointError(f"{path}: 'config' is a {type(sd['config']).__name__}, "
+                                       "expected a dict of config fields")
+        ckpt.check_config(path, sd["config"], self.cfg.to_dict())
+        for key, want in (("mode", self.mode), ("data_id", self.data_id)):
+            if key == "data_id" and same_data(sd[key], want):
+                continue
+            if sd[key] != want:
+                raise ckpt.CheckpointError(f"{path}: made with {key}={sd[key]!r}, "
+                                           f"this run has {key}={want!r}")
+        it = sd["iter"]
+        if not isinstance(it, int) or isinstance(it, bool) or it < 0:
+            raise ckpt.CheckpointError(f"{path}: iteration {it!r} is not a count of iterations")
+        if it > self.total_iters:
+            stages = " x 2 stages" if self.mode == "two-stage" else ""
+            need = -(-it // (self.total_iters // self.cfg.iters))
+            raise ckpt.CheckpointError(
+                f"{path}: the run is already at iteration {it}, past the end this run asks for "
+                f"(iters {self.cfg.iters}{stages}); resume with --iters {need} or more")
+        bad = ckpt.nonfinite(sd)
+        if bad:
+            raise ckpt.CheckpointError(f"{path}: holds non-finite values ({', '.join(bad[:5])})")
+
+    def load_state_dict(self, sd: dict, path: str = "<checkpoint>"):
+        """Check sd (check_state_dict), then load it; a part that does not fit this
+        trainer (another shape, a missing key) is refused naming the file and the part."""
+        self.check_state_dict(sd, path)
+        part = "bank"
+        try:
+            self.bank.load_state_dict(sd["bank"])
+            part = "occupancy"
+            self.occupancy = OccupancyGrid.from_state_dict(sd["occupancy"], self.device)
+            for part in ("decoder", "prior", "opt_dec", "opt_prior", "ema_decoder", "ema_prior"):
+                getattr(self, part).load_state_dict(sd[part])
+            part = "mean_code"
+            self.mean_code = sd["mean_code"].to(self.device)
+            part = "rng"
+            self.gen.set_state(sd["rng"])
+            torch.set_rng_state(sd["torch_rng"])
+            part = "log"
+            self.it, self.log = sd["iter"], list(sd["log"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ckpt.CheckpointError(f"{path}: its {part!r} does not fit this run "
+                                       f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+    def ckpt_path(self) -> str:
+        return os.path.join(self.out_dir, "checkpoint.pt")
+
+    def log_path(self) -> str:
+        return os.path.join(self.out_dir, "log.jsonl")
+
+    def save(self) -> str:
+        """Write checkpoint.pt and log.jsonl atomically; refuse (TrainingDiverged) when any
+        tensor (parameters, EMAs, optimiser moments) is NaN or infinite, so the last good
+        checkpoint is never replaced."""
+        sd = self.state_dict()
+        bad = ckpt.nonfinite(sd)
+        if bad:
+            self._stop(f"non-finite parameters {', '.join(bad[:5])}",
+                       self.log[-1] if self.log else {"iter": self.it, "phase": self.phase()})
+        path = ckpt.save_atomic(self.ckpt_path(), sd)
+        self.write_log()
+        return path
+
+    def write_log(self, append: bool = False) -> None:
+        """log.jsonl: the whole log (atomically), or only the rows not yet written."""
+        done = getattr(self, "_log_rows_written", 0)
+        if append and done <= len(self.log):
+            append_log(self.log_path(), self.log[done:])
+        else:
+            write_log(self.log_path(), self.log)
+        self._log_rows_written = len(self.log)
+
+    def resume(self) -> bool:
+        """Continue from out_dir/checkpoint.pt when it exists; True if resumed."""
+        path = self.ckpt_path()
+        if not os.path.exists(path):
+            return False
+        self.load_state_dict(ckpt.load(path, map_location=self.device), path)
+        return True
+
+
+def diverged(row: dict, cfg: Config) -> str:
+    """'' if a log row's losses are finite, else which loss is NaN/inf and its value.
+    Missing losses are NaN by design and not divergence: loss_rend in stage 2,
+    loss_diff in stage 1, loss_diff_extra when cfg.diff_steps == 1."""
+    keys = {"single-stage": ("loss_rend", "loss_diff"), "stage1": ("loss_rend",),
+            "stage2": ("loss_diff",)}[row["phase"]]
+    if cfg.diff_steps > 1 and row["phase"] != "stage1":
+        keys += ("loss_diff_extra",)
+    bad = [f"{k} = {row[k]}" for k in keys if not math.isfinite(row[k])]
+    return ", ".join(bad)
+
+
+def same_data(saved: str, wanted: str) -> bool:
+    """Data ids ('folder:N:fingerprint') match when the scene count and the content's
+    fingerprint do: the folder's name is only a label, so a byte-identical copy of the
+    data elsewhere resumes. A checkpoint written before fingerprints ('folder:N')
+    matches the same folder name and count."""
+    old, new = saved.rsplit(":", 2), wanted.rsplit(":", 2)
+    if len(old) == 3 and len(new) == 3:
+        return old[1:] == new[1:]
+    return saved == wanted or (len(old) == 2 and wanted.startswith(saved + ":"))
