@@ -11,6 +11,7 @@ import time
 from minissd.cli import non_negative, positive, writable_dir
 from minissd.config import Config, get_preset, load_config_file, parse_override
 from minissd.ssd import checkpoint as ckpt
+from minissd.ssd import distributed
 from minissd.ssd.model import Model, train_run
 from minissd.ssd.train import MODES
 
@@ -54,15 +55,20 @@ def run(args):
     if not os.path.isdir(args.data):
         raise SystemExit(f"--data {args.data}: no such folder")
     writable_dir(args.out, "--out")
-    with ckpt.RunLock(args.out) as lock:
+    # torchrun: rank 0 alone locks, writes and prints (minissd/ssd/distributed.py)
+    with distributed.quiet_unless_main(), distributed.run_lock(args.out) as lock:
         if os.path.exists(os.path.join(args.out, "checkpoint.pt")) and not args.resume:
             raise SystemExit(f"{args.out} already holds a checkpoint: pass --resume to continue it, "
                              "or choose another --out")
-        ckpt.write_atomic(os.path.join(args.out, "config.json"),
-                          lambda f: f.write(json.dumps(cfg.to_dict(), indent=1) + "\n"), binary=False)
+        if distributed.is_main():
+            ckpt.write_atomic(os.path.join(args.out, "config.json"),
+                              lambda f: f.write(json.dumps(cfg.to_dict(), indent=1) + "\n"), binary=False)
         t0 = time.time()
         tr = train_run(cfg, args.data, args.mode, args.out, device=args.device, resume=args.resume,
                        lock=lock)
+        tr = distributed.for_model(tr)             # torchrun: all codes on rank 0, None elsewhere
+        if tr is None:
+            return 0
         flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
                  for k, v in vars(args).items() if v not in (None, False, [])]
         model = Model.from_trainer(tr, meta={"command": "python -m minissd train " + " ".join(flags),
