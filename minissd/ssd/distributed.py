@@ -13,9 +13,11 @@ split `DistributedSampler`, per-rank code caches):
     (B_sc of Algorithm 1 is the union over ranks) and runs lines 4-13 on them. The cached
     prior gradient g_x^diff (line 4) and the code steps (line 10) are local.
   * The decoder psi and the denoiser phi are replicated (identical initialisation, the
-    single process's, on every rank) and kept identical by averaging their gradients over
-    the ranks right before each of their Adam steps (`SyncedOptimizer`). Averaging the
-    ranks' batch means gives the gradient of the global batch mean, the single process's.
+    single process's, on every rank) and kept identical by summing their gradients over
+    the ranks right before each of their Adam steps (`SyncedOptimizer`). Each rank's loss
+    is its share of the global batch mean (scale 1 / scenes_per_batch, `Trainer.ranks`),
+    so the sum is the single process's gradient, and every code gets exactly the gradient
+    it gets in one process (Adam's eps makes the scale matter for tiny gradients).
     This is what DistributedDataParallel does; we all-reduce at the optimiser step
     instead of wrapping the modules, because minissd calls the decoder through field
     callables over several ray passes and the denoiser through `prior.loss`, never
