@@ -35,8 +35,15 @@ ITERS, DIFF_STEPS = 6, 2
 
 
 def match_cfg(**kw):
-    return tiny_cfg(scenes_per_batch=4, iters=ITERS, ckpt_every=2, occ_warmup=3,
-                    diff_steps=DIFF_STEPS, **kw)
+    return tiny_cfg(**dict(dict(scenes_per_batch=4, iters=ITERS, ckpt_every=2, occ_warmup=3,
+                                diff_steps=DIFF_STEPS), **kw))
+
+
+def two_stage(tr_class, **kw):
+    """2 iterations of stage 1 and 2 of stage 2 of the baseline."""
+    tr = tr_class(match_cfg(iters=2), tiny_data(), mode="two-stage", **kw)
+    tr.train(progress=False)
+    return tr
 
 
 def pattern(shape, dtype=torch.float32) -> torch.Tensor:
@@ -102,7 +109,10 @@ def train_worker(rank, world, port, out):
     resumed = tr.resume()
     tr.train(progress=False)
     n_dec = sum(p.numel() + 1 for p in tr.decoder.parameters())   # grads + has-grad flags
-    torch.save({"resumed": resumed, "it": tr.it, "codes_": tr.bank.codes_, "shard": list(tr.shard),
+    two = two_stage(distributed.ShardedTrainer)
+    torch.save({"two": {"codes_": two.bank.codes_, "mean_code": two.mean_code,
+                        "decoder": two.decoder.state_dict(), "prior": two.prior.state_dict()},
+                "resumed": resumed, "it": tr.it, "codes_": tr.bank.codes_, "shard": list(tr.shard),
                 "decoder": tr.decoder.state_dict(), "prior": tr.prior.state_dict(),
                 "dec_allreduces": sum(c == n_dec for c in calls), "log": tr.log,
                 "model": distributed.for_model(tr) is not None},
@@ -182,6 +192,14 @@ def test_two_ranks_match_one_process_and_resume(tmp_path, monkeypatch):
     # never in the code-only inner steps
     assert [r["dec_allreduces"] for r in ranks] == [ITERS, ITERS]
     assert [r["model"] for r in ranks] == [True, False]
+    # the two-stage baseline: the same, and the running mean code of stage 1 is global
+    two = two_stage(Trainer)
+    for r in ranks:
+        assert torch.allclose(r["two"]["codes_"], two.bank.codes_[r["shard"]], rtol=0, atol=TOL)
+        assert torch.allclose(r["two"]["mean_code"], two.mean_code, rtol=0, atol=TOL)
+        for m in ("decoder", "prior"):
+            for k, v in getattr(two, m).state_dict().items():
+                assert torch.allclose(r["two"][m][k], v, rtol=0, atol=TOL), (m, k)
 
 
 def fixed_randomness_here(monkeypatch):

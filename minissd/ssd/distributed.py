@@ -221,6 +221,14 @@ class ShardedTrainer(Trainer):
         m = self.prior.x0_ema_momentum
         self.prior.x0_sq_ema.mul_(1 - m).add_(m * ms[0])
 
+    @torch.no_grad()
+    def update_mean_code(self, idx: torch.Tensor, momentum: float = 1e-3):
+        """Trainer.update_mean_code with the global batch's mean code (stage 1 of the
+        two-stage baseline), so that mean_code stays the same on every rank."""
+        batch_mean = self.bank.activated(idx).mean(0)                   # (3, C, R, R)
+        sum_([batch_mean], self.r.world)
+        self.mean_code.mul_(1 - momentum).add_(momentum * batch_mean)
+
     def sample_scenes(self, n: int | None = None) -> torch.Tensor:
         """This rank's part of the global batch: n / W scenes of its own shard (local ids)."""
         return super().sample_scenes(max(1, (n or self.cfg.scenes_per_batch) // self.r.world))
@@ -229,7 +237,8 @@ class ShardedTrainer(Trainer):
                       t_occ=0.0, loss_diff_extra=float("nan")) -> dict:
         """The log row of the global batch: losses averaged over the ranks (NaN anywhere
         makes it NaN everywhere, so all ranks stop together)."""
-        losses = torch.tensor([loss_rend, loss_diff, loss_diff_extra], dtype=torch.float64)
+        losses = torch.tensor([loss_rend, loss_diff, loss_diff_extra], dtype=torch.float64,
+                              device=self.device)
         sum_([losses], self.r.world)
         loss_rend, loss_diff, loss_diff_extra = losses.tolist()
         return super().end_iteration(phase, k_in, loss_rend, loss_diff, t_diff, t_rend, t_occ,
