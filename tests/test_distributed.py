@@ -94,7 +94,6 @@ def train_worker(rank, world, port, out):
     all-reduces of the decoder's gradient; save what the test compares."""
     join(rank, world, port)
     fixed_randomness()
-    n_dec = None
     calls = []
     real = dist.all_reduce
 
@@ -109,12 +108,13 @@ def train_worker(rank, world, port, out):
     resumed = tr.resume()
     tr.train(progress=False)
     n_dec = sum(p.numel() + 1 for p in tr.decoder.parameters())   # grads + has-grad flags
+    dec_allreduces = sum(c == n_dec for c in calls)
     two = two_stage(distributed.ShardedTrainer)
     torch.save({"two": {"codes_": two.bank.codes_, "mean_code": two.mean_code,
                         "decoder": two.decoder.state_dict(), "prior": two.prior.state_dict()},
                 "resumed": resumed, "it": tr.it, "codes_": tr.bank.codes_, "shard": list(tr.shard),
                 "decoder": tr.decoder.state_dict(), "prior": tr.prior.state_dict(),
-                "dec_allreduces": sum(c == n_dec for c in calls), "log": tr.log,
+                "dec_allreduces": dec_allreduces, "log": tr.log,
                 "model": distributed.for_model(tr) is not None},
                os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -185,6 +185,10 @@ def test_two_ranks_match_one_process_and_resume(tmp_path, monkeypatch):
     sd = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert torch.allclose(sd["bank"]["codes_"], one.bank.codes_, rtol=0, atol=TOL)
     assert len(sd["rank_rng"]) == 2 and sd["iter"] == ITERS
+    solo = Trainer(match_cfg(iters=ITERS + 1), tiny_data(), out_dir=str(tmp_path / "run"))
+    assert solo.resume() and solo.it == ITERS               # one process resumes the 2-rank run
+    solo.train(progress=False)
+    assert solo.it == ITERS + 1 and os.path.exists(tmp_path / "run" / "checkpoint.pt")
     # the log rows are the global batch's losses
     for a, b in zip(ranks[0]["log"], one.log):
         assert abs(a["loss_rend"] - b["loss_rend"]) < 1e-5 and abs(a["loss_diff"] - b["loss_diff"]) < 1e-5

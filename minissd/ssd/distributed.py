@@ -175,7 +175,8 @@ def gather_to_main(obj, r: Ranks):
 def slice_scenes(data: dict, keep: range, n: int) -> dict:
     """The entries of a scene dict (tensors and lists indexed by scene) for scenes `keep`."""
     sl = slice(keep.start, keep.stop)
-    return {k: v[sl] if (torch.is_tensor(v) or isinstance(v, list)) and len(v) == n else v
+    return {k: (v[sl].clone() if torch.is_tensor(v) else v[sl])     # a copy frees the rest
+            if (torch.is_tensor(v) or isinstance(v, list)) and len(v) == n else v
             for k, v in data.items()}
 
 
