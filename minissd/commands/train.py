@@ -12,6 +12,7 @@ import time
 from minissd.cli import SEED_MAX, non_negative, not_an_input, positive, writable_dir
 from minissd.config import Config, get_preset, load_config_file, parse_override
 from minissd.ssd import checkpoint as ckpt
+from minissd.ssd import distributed
 from minissd.ssd.model import Model, train_run
 from minissd.ssd.train import MODES
 
@@ -78,14 +79,18 @@ def run(args):
     not_an_input({"--out ... config.json": os.path.join(args.out, "config.json")},
                  {"--config": args.config})
     writable_dir(args.out, "--out")
-    with ckpt.RunLock(args.out) as lock:
+    # torchrun: rank 0 alone locks, writes and prints (minissd/ssd/distributed.py)
+    with distributed.quiet_unless_main(), distributed.run_lock(args.out) as lock:
         if os.path.exists(os.path.join(args.out, "checkpoint.pt")) and not args.resume:
             raise SystemExit(f"{args.out} already holds a checkpoint: pass --resume to continue it, "
                              "or choose another --out")
         t0 = time.time()
         # config.json is written only once data, config and checkpoint are all accepted
         tr = train_run(cfg, args.data, args.mode, args.out, device=args.device, resume=args.resume,
-                       lock=lock, before_training=lambda tr: write_config(args.out, cfg))
+                       lock=lock, before_training=lambda tr: distributed.is_main() and write_config(args.out, cfg))
+        tr = distributed.for_model(tr)             # torchrun: all codes on rank 0, None elsewhere
+        if tr is None:
+            return 0
         flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
                  for k, v in vars(args).items() if v not in (None, False, [])]
         model = Model.from_trainer(tr, meta={"command": "python -m minissd train " + " ".join(flags),

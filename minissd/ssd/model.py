@@ -34,6 +34,7 @@ from minissd.nerf.decoder import TriplaneDecoder
 from minissd.nerf.triplane import make_field
 from minissd.prior.diffusion import DiffusionPrior
 from minissd.ssd import checkpoint as ckpt
+from minissd.ssd import distributed
 from minissd.ssd.train import MODES, Trainer, sparse_view_ids
 from minissd.utils import to_device
 
@@ -202,13 +203,13 @@ def train_run(cfg: Config, data_dir: str, mode: str, out_dir: str, device=None,
     and checkpoint have all been checked, before the first iteration (the command line
     writes config.json there, so a refused run writes nothing)."""
     cfg.validate()
-    own = None if lock is not None else ckpt.RunLock(out_dir).acquire()
+    own = None if lock is not None else distributed.run_lock(out_dir).acquire()   # rank 0 only
     try:
-        device = pick_device(device)
+        device = distributed.setup(pick_device(device))       # torchrun: join the ranks
         data = load_training_data(data_dir, cfg, device)
         check_near_min(cfg, data)
-        tr = Trainer(cfg, data, mode=mode, device=device, out_dir=out_dir,
-                     data_id=data_id(data_dir, len(data["names"])))
+        tr = distributed.make_trainer(cfg, data, mode, device, out_dir,   # torchrun: a shard
+                                      data_id(data_dir, len(data["names"])))
         tr.run_lock = lock or own
         if resume and tr.resume() and progress:
             print(f"resumed {out_dir} at iteration {tr.it}/{tr.total_iters}")

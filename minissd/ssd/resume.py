@@ -59,7 +59,7 @@ class Resumable:
         if self.out_dir and getattr(self, "run_lock", None) is None:
             own_lock = self.run_lock = ckpt.RunLock(self.out_dir).acquire()
         try:
-            if self.out_dir:
+            if self.out_dir and getattr(self, "writes_files", True):   # torchrun: rank 0 only
                 ckpt.remove_orphans(self.out_dir)
                 self._log_rows_written = 0
                 self.write_log()                       # the log as of the checkpoint

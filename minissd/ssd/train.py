@@ -77,6 +77,7 @@ class Trainer(Resumable):
     scene_data: dict from `SRNDataset.stack()` (images (N,V,H,W,3), c2w, K), already
     restricted to the training views.
     """
+    ranks = 1     # torchrun: processes sharing the global batch (distributed.ShardedTrainer)
 
     def __init__(self, cfg: Config, scene_data: dict, mode: str = "single-stage",
                  device="cpu", out_dir: str | None = None, data_id: str = ""):
@@ -143,7 +144,7 @@ class Trainer(Resumable):
         self.opt_prior.zero_grad(set_to_none=True)
         code_ = self.bank.get(idx)                                          # (B, 3, C, R, R)
         g, loss = prior_gradient(self.prior, code_, self.cfg.c_diff, generator=self.gen, t=t,
-                                 noise=noise, scale=1.0 / len(idx), code_grad=code_grad)  # line 4
+                                 noise=noise, scale=1.0 / (len(idx) * self.ranks), code_grad=code_grad)  # line 4
         if step_denoiser:
             self.opt_prior.step()                                           # line 5
         self.prior.update_x0_ema(code_activation(code_.detach()))
@@ -173,7 +174,7 @@ class Trainer(Resumable):
         self.decoder.zero_grad(set_to_none=True)
         losses = code_step(self.bank, idx, self.decoder, rays, self.cfg, self.n_views,
                            self.cfg.lr_code, prior_grad=prior_grad, occupancy=self.occupancy,
-                           generator=self.gen, scale=1.0 / len(idx), reg=self.code_reg,
+                           generator=self.gen, scale=1.0 / (len(idx) * self.ranks), reg=self.code_reg,
                            max_rays_per_pass=MAX_RAYS_PER_PASS)     # lines 8-10, mean over scenes
         if step_decoder:                                                    # lines 11-13
             self.opt_dec.step()
