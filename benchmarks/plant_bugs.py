@@ -16,9 +16,10 @@ the existing tests miss the plant). It prints one row per plant and both catch r
 test that still passes with a plant in place does not pin the formula.
 
 It rewrites files of the package while it runs, so it refuses to start when minissd/ has
-uncommitted changes, and it always restores them (also on Ctrl-C). Not run by CI: it
-takes about 20 minutes on 2 idle CPU cores (each plant re-runs the tests, in a child
-forked from this process so torch is imported once). `--exclude-new` leaves out
+uncommitted changes, and it always restores them (also on Ctrl-C or SIGTERM). Not run by
+CI: it took about 70 minutes for all plants on 2 CPU cores under load (each plant re-runs
+its area's tests, in a child forked from this process so torch is imported once; results
+and timing in docs/planted_bugs.md). `--exclude-new` leaves out
 tests/test_known_answers_*.py.
 Datasets go to a private cache (MINISSD_CACHE in a temporary folder), so a planted bug
 never reaches ~/.cache/minissd.
