@@ -8,10 +8,10 @@ such as 1/N_v or sigma^2/alpha, alpha and sigma swapped, an inclusive instead of
 exclusive transmittance, an off-by-one in a schedule, an EMA rate misused, ...), written
 as exact string replacements in one file of the package. For every plant the script
 applies it to this checkout, runs the fast unit tests of that file's area (`AREA_TESTS`:
-NeRF, prior, training or test time, plus every tests/test_known_answers_*.py; `pytest -x -q`),
+NeRF, prior, training or test time, plus every known-answer test file (test_known_answers_*); `pytest -x -q`),
 records whether a test failed (caught) or all passed (missed) and which test failed
 first, and restores the file with `git checkout -- FILE`. Two columns: `before` = the
-area's existing tests, `after` = those plus tests/test_known_answers_*.py (run only when
+area's existing tests, `after` = those plus the known-answer files test_known_answers_* (run only when
 the existing tests miss the plant). It prints one row per plant and both catch rates. A
 test that still passes with a plant in place does not pin the formula.
 
@@ -46,7 +46,7 @@ P, S, E = "minissd/prior/diffusion.py", "minissd/prior/sampling.py", "minissd/pr
 TR, A, CFG = "minissd/ssd/train.py", "minissd/nerf/autodecoder.py", "minissd/config.py"
 G, F = "minissd/testtime/guidance.py", "minissd/testtime/finetune.py"
 
-# the unit tests of each file's area (every tests/test_known_answers_*.py is added to all)
+# the unit tests of each file's area (every known-answer test file, test_known_answers_*, is added to all)
 _NERF = ["tests/test_render.py", "tests/test_triplane.py", "tests/test_decoder.py",
          "tests/test_autodecoder.py"]
 _PRIOR = ["tests/test_diffusion.py", "tests/test_sampling.py"]

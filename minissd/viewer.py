@@ -126,7 +126,7 @@ class OrbitViewer:
             fn(self)
 
     def on_frame(self, fn) -> None:
-        """Call fn(viewer) after every new frame (e.g. to show the truth from viewer.camera())."""
+        """Call fn(viewer) after every new frame (e.g. to show the truth from its camera() method)."""
         self.callbacks.append(fn)
 
     def caption(self) -> str:
