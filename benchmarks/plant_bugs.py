@@ -20,7 +20,7 @@ uncommitted changes, and it always restores them (also on Ctrl-C or SIGTERM). No
 CI: it took about 70 minutes for all plants on 2 CPU cores under load (each plant re-runs
 its area's tests, in a child forked from this process so torch is imported once; results
 and timing in docs/planted_bugs.md). `--exclude-new` leaves out
-tests/test_known_answers_*.py.
+the known-answer files (test_known_answers_*).
 Datasets go to a private cache (MINISSD_CACHE in a temporary folder), so a planted bug
 never reaches ~/.cache/minissd.
 """
