@@ -99,10 +99,11 @@ def show_channels(x, vmax: float | None = None):
     return fig
 
 
-def compare_triplanes(xs, names=None):
-    """Codes of several scenes (N, 3, C, R, R) side by side in one shared PCA colour scheme."""
+def compare_triplanes(xs, names=None, basis=None):
+    """Codes of several scenes (N, 3, C, R, R) side by side in one shared PCA colour scheme
+    (fitted to xs, or `basis` from `pca_basis`, to colour several figures alike)."""
     import matplotlib.pyplot as plt
-    rgb = planes_pca_rgb(xs)                                            # (N, 3, R, R, 3)
+    rgb = planes_pca_rgb(xs, basis)                                     # (N, 3, R, R, 3)
     N = rgb.shape[0]
     fig, axes = plt.subplots(3, N, figsize=(1.6 * N, 4.8), squeeze=False)
     for i in range(N):
