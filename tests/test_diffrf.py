@@ -9,10 +9,11 @@ from minissd.cli import main
 from minissd.data.cameras import intrinsics, look_at
 from minissd.nerf.autodecoder import sample_rays
 from minissd.prior.diffusion import q_sample, x0_from_eps
-from minissd.related.diffrf import (DiffRFModel, VoxelPrior, denoised_field, diffrf_losses,
+from minissd.related.diffrf import (DiffRFModel, ImageGuidance, VoxelPrior, denoised_field, diffrf_losses,
                                     diffrf_preset, sample_grids)
 from minissd.related.diffrf_train import train_diffrf
 from minissd.related.voxel import VoxelField, sample_grid
+from minissd.testtime.guidance import views_to_rays
 
 TINY = dict(grid_res=8, unet_base=8, unet_mults=(1, 2), unet_groups=4, image_res=16,
             n_samples=8, fit_iters=4, fit_batch=2, fit_rays=32, iters=3, batch=2, rgb_rays=16,
@@ -122,3 +123,18 @@ def _cams(n):
 
 def _K(n):
     return intrinsics(4).expand(n, 1, 3, 3)
+
+
+def test_image_guidance_lowers_the_image_loss():
+    cfg = replace(diffrf_preset("smoke"), **TINY)
+    prior = VoxelPrior(cfg).eval()
+    torch.nn.init.normal_(prior.unet.out[-1].weight, std=0.1)
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(1, 4, 4, 3, generator=g)
+    rays = views_to_rays(img, _cams(1)[0], _K(1)[0])
+    x_t = torch.randn(1, 4, 8, 8, 8, generator=g)
+    t = torch.tensor([10])
+    plain = ImageGuidance(prior.denoise, rays, 0.0, 8, rays_per_step=None)
+    guided = ImageGuidance(prior.denoise, rays, 50.0, 8, inner=3, rays_per_step=None)
+    f_plain, f_guided = plain(x_t, t), guided(x_t, t)
+    assert float(guided.image_loss(f_guided)) < float(plain.image_loss(f_plain))

@@ -62,10 +62,10 @@ class DiffRFConfig:
     grid_res: int = 16            # G: 16^3 (measured: docs/diffrf.md)
     n_samples: int = 48
     near_min: float = 0.2
-    fit_iters: int = 800
+    fit_iters: int = 400
     fit_batch: int = 16
     fit_rays: int = 512
-    fit_lr: float = 0.05
+    fit_lr: float = 0.2
     fit_tv: float = 0.02
     fit_empty: float = 1e-3
     # --- diffusion (eqs. 7-11) ------------------------------------------------------
@@ -74,7 +74,7 @@ class DiffRFConfig:
     unet_base: int = 16
     unet_mults: tuple = (1, 2, 4)
     unet_groups: int = 8
-    iters: int = 2000
+    iters: int = 1000
     batch: int = 8
     lr: float = 1e-3
     warmup: int = 100
@@ -103,8 +103,8 @@ def _data_of(preset: str) -> dict:
 
 
 PRESETS = {
-    "smoke": DiffRFConfig(**_data_of("smoke"), fit_iters=60, fit_batch=8, fit_rays=256,
-                          unet_base=8, unet_mults=(1, 2), unet_groups=4, iters=40, batch=4,
+    "smoke": DiffRFConfig(**_data_of("smoke"), fit_iters=100, fit_batch=8, fit_rays=256,
+                          unet_base=8, unet_mults=(1, 2), unet_groups=4, iters=300, batch=8,
                           rgb_rays=128, ddim_steps=10, ema_beta=0.9, warmup=5, ckpt_every=20),
     "laptop": DiffRFConfig(**_data_of("laptop")),
 }

@@ -15,6 +15,8 @@ reaches only the UNet, through the renders of its own denoised field.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 
@@ -22,6 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from minissd.cli import writable_dir
+from minissd.config import cache_dir
+from minissd.data.procedural import ensure_dataset
 from minissd.errors import TrainingDiverged, UserError
 from minissd.nerf.autodecoder import sample_rays
 from minissd.prior.ema import ema_copy, ema_update
@@ -29,7 +33,7 @@ from minissd.related.diffrf import (DiffRFConfig, DiffRFModel, VoxelPrior, diffr
                                     diffrf_preset, parse_diffrf_override)
 from minissd.related.voxel import empty_grids, fit_grids, fit_psnr, voxel_bank
 from minissd.ssd import checkpoint as ckpt
-from minissd.ssd.model import data_id, load_training_data
+from minissd.ssd.model import data_id, load_training_data, model_dirs
 from minissd.ssd.train import warmup_factor
 from minissd.utils import randperm
 
@@ -181,3 +185,29 @@ def run_cli(args) -> int:
         os.path.join(args.out, "model.pt"))
     print(f"checkpoint: {tr.ckpt_path()}\nmodel: {path}")
     return 0
+
+
+def diffrf_key(cfg: DiffRFConfig, category: str = "cars") -> str:
+    """A readable name plus a hash of the whole config (like ssd.model.model_key)."""
+    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{category}-diffrf-{cfg.name}-{cfg.iters}it-{digest}"
+
+
+def load_or_train_diffrf(cfg: DiffRFConfig, category: str = "cars", device="cpu",
+                         progress: bool = True) -> DiffRFModel:
+    """The DiffRF model of cfg: shipped (ssd.model.model_dirs()), cached, or trained now
+    (resumably, in the cache) on the same procedural training set as the SSDNeRF models."""
+    key = diffrf_key(cfg, category)
+    cached = os.path.join(cache_dir(), "models", key + ".pt")
+    for path in [os.path.join(d, key + ".pt") for d in model_dirs()] + [cached]:
+        if os.path.exists(path):
+            return DiffRFModel.load(path, device)
+    print(f"[minissd] no shipped or cached DiffRF model {key}.pt: training it now "
+          f"(resumable, cached as {cached})", flush=True)
+    data_dir = ensure_dataset(category, "train", n_scenes=cfg.data_scenes, n_views=cfg.data_views,
+                              resolution=cfg.image_res, seed=0)
+    t0 = time.time()
+    tr = train_diffrf(cfg, data_dir, os.path.join(cache_dir(), "runs", key), device, progress=progress)
+    model = tr.model({"key": key, "wall_s": round(time.time() - t0, 1)})
+    model.save(cached)
+    return model.to(device)
