@@ -62,9 +62,9 @@ class DiffRFConfig:
     grid_res: int = 16            # G: 16^3 (measured: docs/diffrf.md)
     n_samples: int = 48
     near_min: float = 0.2
-    fit_iters: int = 400
+    fit_iters: int = 200
     fit_batch: int = 16
-    fit_rays: int = 512
+    fit_rays: int = 256
     fit_lr: float = 0.2
     fit_tv: float = 0.02
     fit_empty: float = 1e-3
@@ -74,15 +74,15 @@ class DiffRFConfig:
     unet_base: int = 16
     unet_mults: tuple = (1, 2, 4)
     unet_groups: int = 8
-    iters: int = 1000
+    iters: int = 400
     batch: int = 8
     lr: float = 1e-3
     warmup: int = 100
     lambda_rgb: float = 1.0
-    rgb_rays: int = 256
+    rgb_rays: int = 128
     ddim_steps: int = 50
     ema_beta: float = 0.995
-    ckpt_every: int = 100
+    ckpt_every: int = 50
     seed: int = 0
 
     def to_dict(self) -> dict:
