@@ -33,7 +33,9 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="output folder (one figure per object)")
     p.add_argument("--json", help="write per-object and mean metrics here")
     p.add_argument("--n", type=positive(64), default=3, help="proposals per object")
-    p.add_argument("--objects", type=positive(), help="only the first N objects (default: all)")
+    p.add_argument("--objects", type=positive(), help="only N objects (default: all)")
+    p.add_argument("--skip", type=int, default=0, help="start at object index SKIP (validation/test splits)")
+    p.add_argument("--guide-lr", type=float, default=1.0, help="triplane only: FieldMatch step size (0 = off)")
     p.add_argument("--views", type=positive(), default=8, help="views per object to measure on")
     p.add_argument("--steps", type=positive(10000), help="reverse steps (default: the model's ddim_steps)")
     p.add_argument("--resample", type=positive(100), default=1, help="RePaint resampling per step (1 = none)")
@@ -76,9 +78,11 @@ def run(args):
     writable_dir(args.out, "--out")
     model = load_any(args.ckpt, pick_device(args.device))
     ds = SRNDataset(args.data, resolution=model.cfg.image_res)
-    n = min(len(ds), args.objects or len(ds))
+    if not 0 <= args.skip < len(ds):
+        raise UserError(f"--skip {args.skip}: {args.data} has {len(ds)} objects")
+    n = min(len(ds) - args.skip, args.objects or len(ds))
     scenes = []
-    for i in range(n):
+    for i in range(args.skip, args.skip + n):
         sc = ds[i]
         ids = evenly_spaced(len(sc["c2w"]), min(args.views, len(sc["c2w"])))
         scenes.append({**{k: sc[k][ids] for k in ("images", "c2w", "K")}, "name": sc["name"], "all": sc})
@@ -92,7 +96,8 @@ def run(args):
         source = "fitted from all views"
     rows = []
     for i, sc in enumerate(tqdm(scenes, desc="complete")):
-        r = evaluate_completion(model, sc, f_in[i:i + 1], box, args.n, args.steps, args.seed + i, args.resample)
+        r = evaluate_completion(model, sc, f_in[i:i + 1], box, args.n, args.steps, args.seed + i, args.resample,
+                                args.guide_lr)
         rows.append({"object": sc["name"], **{k: r[k] for k in KEYS}})
         save_figure(r, os.path.join(args.out, f"{sc['name']}.png"),
                     f"{sc['name']}: known {r['psnr_known']:.1f} dB (input {r['psnr_known_input']:.1f}), "
@@ -101,7 +106,8 @@ def run(args):
     mean = {k: (sum(ok(k)) / len(ok(k)) if ok(k) else None) for k in KEYS}
     summary = {"ckpt": args.ckpt, "model": getattr(model, "mode", ""), "data": args.data,
                "mask": args.mask, "box": box, "f_in": source, "n_proposals": args.n,
-               "resample": args.resample, "mean": mean, "objects": rows}
+               "resample": args.resample, "guide_lr": args.guide_lr, "skip": args.skip,
+               "mean": mean, "objects": rows}
     if args.json:
         write_json(summary, args.json)
     print("mean: " + "  ".join(f"{k} {v:.2f}" for k, v in mean.items() if v is not None))

@@ -62,7 +62,7 @@ def complete_object(model, f_in, box, n: int = 3, steps: int | None = None, seed
                     resample: int = 1, guide_lr: float = 1.0) -> torch.Tensor:
     """n completions (n, ...) of one object's field f_in (1, ...) in the box."""
     g = torch.Generator(model.codes.device).manual_seed(seed)
-    guide = None if is_voxel(model) else FieldMatch(model.field, f_in, box, lr=guide_lr,
+    guide = None if is_voxel(model) or guide_lr <= 0 else FieldMatch(model.field, f_in, box, lr=guide_lr,
                                                     n_samples=model.cfg.n_samples, generator=g)
     return complete(model.prior.denoise, model.prior.schedule, f_in, code_mask(model, box),
                     steps or model.cfg.ddim_steps, n, g, guide, resample)
@@ -105,9 +105,9 @@ def masked_psnr(pred, gt, pix) -> float:
 
 
 def evaluate_completion(model, scene, f_in, box, n: int = 3, steps: int | None = None, seed: int = 0,
-                        resample: int = 1) -> dict:
+                        resample: int = 1, guide_lr: float = 1.0) -> dict:
     """The five numbers of one object (module docstring), plus the images for figures."""
-    props = complete_object(model, f_in, box, n, steps, seed, resample)
+    props = complete_object(model, f_in, box, n, steps, seed, resample, guide_lr)
     base = mean_code_fill(model, f_in, box)
     r_in, pix = render_with_regions(model, f_in, scene, box)
     r_props, _ = render_with_regions(model, props, scene, box)
