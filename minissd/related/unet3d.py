@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minissd.prior.unet import timestep_embedding, zero_init
+from minissd.prior.unet import check_sizes, timestep_embedding, zero_init
 
 
 class ResBlock3d(nn.Module):
@@ -46,13 +46,7 @@ class UNet3D(nn.Module):
 
     def __init__(self, in_ch: int = 4, base: int = 16, mults=(1, 2, 4), groups: int = 8, res: int = 16):
         super().__init__()
-        n_down = len(mults) - 1
-        if res % (2 ** n_down):
-            raise ValueError(f"unet3d.py: grid_res={res} must be divisible by 2^{n_down} "
-                             f"for unet_mults={tuple(mults)}")
-        for m in set(mults):
-            if (base * m) % groups:
-                raise ValueError(f"unet3d.py: width {base * m} not divisible by groups={groups}")
+        n_down = check_sizes("unet3d.py: grid_res", res, base, mults, groups)
         self.in_ch, self.base = in_ch, base
         emb = 4 * base
         self.time_mlp = nn.Sequential(nn.Linear(base, emb), nn.SiLU(), nn.Linear(emb, emb))
