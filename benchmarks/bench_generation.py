@@ -45,7 +45,8 @@ def main(argv=None):
     for path in args.models:
         voxels = is_diffrf_file(path)                 # DiffRF (minissd/related/) samples grids
         m = DiffRFModel.load(path) if voxels else Model.load(path)
-        sampler = sample_grids if voxels else sample_codes
+        sampler = (lambda m, n, steps=None, generator=None: sample_grids(m, n, steps, generator=generator)) \
+            if voxels else sample_codes
         cfg = m.cfg
         test = ensure_dataset("cars", "test", n_scenes=args.refs, n_views=4, resolution=cfg.image_res,
                               seed=0, progress=False)

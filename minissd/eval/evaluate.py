@@ -285,7 +285,7 @@ def evaluate_generation(model, data, n_samples: int = 8, threshold: float = 10.0
     if any(r is None for r in refs):
         raise ValueError("evaluate_generation: a test scene has no surface.npz")
     gen = torch.Generator(model.codes.device).manual_seed(seed)
-    codes = torch.cat([(sampler or sample_codes)(model, 1, steps, generator=gen) for _ in
+    codes = torch.cat([(sampler or sample_codes)(model, 1, steps, gen) for _ in
                        tqdm(range(n_samples), desc=f"sample {label}", disable=not progress)])
     pts = [surface_points(model, c, threshold, res, n_points, seed=seed + j) for j, c in
            enumerate(tqdm(codes, desc="surfaces", disable=not progress))]
