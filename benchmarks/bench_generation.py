@@ -23,6 +23,7 @@ import torch
 
 from minissd.data.procedural import ensure_dataset
 from minissd.eval import evaluate as ev
+from minissd.related.diffrf import DiffRFModel, is_diffrf_file, sample_grids
 from minissd.ssd.model import Model
 from minissd.testtime.generate import sample_codes, save_strip, turntable
 
@@ -42,7 +43,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     rows, strips = {}, []
     for path in args.models:
-        m = Model.load(path)
+        voxels = is_diffrf_file(path)                 # DiffRF (minissd/related/) samples grids
+        m = DiffRFModel.load(path) if voxels else Model.load(path)
+        sampler = (lambda m, n, steps=None, generator=None: sample_grids(m, n, steps, generator=generator)) \
+            if voxels else sample_codes
         cfg = m.cfg
         test = ensure_dataset("cars", "test", n_scenes=args.refs, n_views=4, resolution=cfg.image_res,
                               seed=0, progress=False)
@@ -51,7 +55,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         cal = ev.calibrate_threshold(m, train, res=args.grid_res)
         r = ev.evaluate_generation(m, test, args.samples, cal["threshold"], res=args.grid_res,
-                                   seed=args.seed, with_fid=False, progress=False,
+                                   seed=args.seed, with_fid=False, progress=False, sampler=sampler,
                                    label=f"{m.mode}, {cfg.views_per_scene or 'all'} views")
         r["seconds"] = time.perf_counter() - t0
         rows[f"{os.path.basename(path)}"] = r
@@ -61,7 +65,7 @@ def main(argv=None):
               flush=True)
         if args.figure:
             g = torch.Generator().manual_seed(args.seed)
-            strips.append(turntable(m, sample_codes(m, 8, generator=g), n_frames=4))  # (8, 4, H, W, 3)
+            strips.append(turntable(m, sampler(m, 8, generator=g), n_frames=4))  # (8, 4, H, W, 3)
     if args.train_codes:
         m = Model.load(args.models[0])
         test = ensure_dataset("cars", "test", n_scenes=args.refs, n_views=4,

@@ -33,6 +33,7 @@ COMMANDS = {
     "export-mesh": ("minissd.commands.export_mesh", "marching cubes on a scene's density: a coloured PLY/OBJ mesh"),
     "evaluate": ("minissd.commands.evaluate", "reconstruction / generation metrics, ablations A0-A3"),
     "plot": ("minissd.commands.plot", "draw the training curves of a run folder's log.jsonl into curves.png"),
+    "complete": ("minissd.commands.complete", "masked completion of objects with a DiffRF or SSDNeRF prior"),
 }
 
 EXAMPLES = {
@@ -55,6 +56,8 @@ EXAMPLES = {
                 "  python -m minissd evaluate --ckpt runs/ss/model.pt --data data/cars_test "
                 "--task recon --test-set lambda_gd=30 --json a0_gd30.json",
     "plot": "python -m minissd plot runs/ss\n  python -m minissd plot runs/ss --tensorboard",
+    "complete": "python -m minissd complete --ckpt runs/diffrf/model.pt --data data/cars_test "
+                "--mask back-half --out completion/ --json completion.json",
 }
 
 

@@ -18,6 +18,8 @@ from minissd.ssd.train import MODES
 
 
 def add_arguments(p):
+    p.add_argument("--model", default="ssdnerf", choices=["ssdnerf", "diffrf"],
+                   help="ssdnerf (this package), or the DiffRF voxel baseline (minissd/related/)")
     p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"],
                    help="starting config (config.py); --config and --set change it")
     p.add_argument("--mode", default="single-stage", choices=list(MODES),
@@ -72,6 +74,9 @@ def interrupted(args, argv) -> str:
 
 
 def run(args):
+    if getattr(args, "model", "ssdnerf") == "diffrf":      # the DiffRF baseline: its own trainer
+        from minissd.related.diffrf_train import run_cli
+        return run_cli(args)
     cfg = config_from_args(args)
     if not os.path.isdir(args.data):
         raise SystemExit(f"--data {args.data}: no such folder")

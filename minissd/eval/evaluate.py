@@ -270,19 +270,22 @@ def renders_at_test_cameras(model, codes, scenes, n_views: int = 4, progress: bo
 def evaluate_generation(model, data, n_samples: int = 8, threshold: float = 10.0,
                         n_scenes: int | None = None, res: int = 48, n_points: int = 1024,
                         steps: int | None = None, seed: int = 0, with_fid: bool = True,
-                        fid_views: int = 4, progress: bool = True, label: str = "minissd") -> dict:
+                        fid_views: int = 4, progress: bool = True, label: str = "minissd",
+                        sampler=None) -> dict:
     """COV / MMD (Chamfer) of n_samples generated shapes against the true surfaces of the
     test objects, the same in image space (`image_coverage`: renders of every sample at
     fid_views cameras of the test spiral vs the test images at those cameras), and FID /
     KID of the renders against the test images (None without Inception weights).
-    Samples with an empty shell are left out of COV / MMD (counted in n_empty)."""
+    Samples with an empty shell are left out of COV / MMD (counted in n_empty).
+    sampler(model, n, steps, generator) -> codes: default generate.sample_codes (a DiffRF
+    model passes related.diffrf.sample_grids: the rest reads only model.field/cfg/codes)."""
     ds = _dataset(data, model.cfg.image_res)
     n_ref = min(len(ds), n_scenes or len(ds))
     refs = [ds.surface(i) for i in range(n_ref)]
     if any(r is None for r in refs):
         raise ValueError("evaluate_generation: a test scene has no surface.npz")
     gen = torch.Generator(model.codes.device).manual_seed(seed)
-    codes = torch.cat([sample_codes(model, 1, steps, gen) for _ in
+    codes = torch.cat([(sampler or sample_codes)(model, 1, steps, gen) for _ in
                        tqdm(range(n_samples), desc=f"sample {label}", disable=not progress)])
     pts = [surface_points(model, c, threshold, res, n_points, seed=seed + j) for j, c in
            enumerate(tqdm(codes, desc="surfaces", disable=not progress))]

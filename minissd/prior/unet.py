@@ -38,6 +38,18 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
+def check_sizes(what: str, res: int, base: int, mults, groups: int) -> int:
+    """ValueError unless res halves len(mults) - 1 times and every width base * m splits
+    into `groups` GroupNorm groups; returns the number of downsamplings."""
+    n_down = len(mults) - 1
+    if res % (2 ** n_down):
+        raise ValueError(f"{what}={res} must be divisible by 2^{n_down} for unet_mults={tuple(mults)}")
+    for m in set(mults):
+        if (base * m) % groups:
+            raise ValueError(f"{what}: width {base * m} not divisible by unet_groups={groups}")
+    return n_down
+
+
 class ResBlock(nn.Module):
     """x + F(x, e): two 3x3 convs, the second modulated by scale/shift from e."""
 
@@ -113,14 +125,7 @@ class UNet(nn.Module):
     def __init__(self, in_ch=18, base=128, mults=(1, 2, 2, 4, 4), res_blocks=2,
                  attn_res=(32, 16, 8), groups=32, res=128, dropout=0.0):
         super().__init__()
-        n_down = len(mults) - 1
-        if res % (2 ** n_down):
-            raise ValueError(f"unet.py: code_res={res} must be divisible by 2^{n_down} "
-                             f"for unet_mults={tuple(mults)}")
-        for m in set(mults):
-            if (base * m) % groups:
-                raise ValueError(f"unet.py: width {base * m} not divisible by "
-                                 f"unet_groups={groups}")
+        n_down = check_sizes("unet.py: code_res", res, base, mults, groups)
         self.in_ch, self.res = in_ch, res
         emb = 4 * base
         self.base = base
