@@ -34,7 +34,8 @@ class Config:
     # --- triplane code x_i (official `code_size`, base_nerf.py `TanhCode`) ----------
     code_ch: int = 6               # C: channels per plane (paper: 6)
     code_res: int = 32             # R: plane resolution (paper: 128)
-    code_reg: float = 3e-3         # L2 penalty on the code, added to the rendering loss
+    code_reg: float = 3e-3         # L2 penalty on the code, added to the rendering loss (official
+                                   # reg_loss weight, configs/paper_cfgs/ssdnerf_cars_uncond.py)
     # --- decoder psi and renderer (official decoders/triplane_decoder.py) ----------
     dec_hidden: int = 64
     n_samples: int = 64            # samples per ray (uniform / stratified)
