@@ -241,3 +241,24 @@ def test_trainer_occupancy_has_one_owner():
     assert tr.occupancy is tr.bank.occupancy and len(tr.occupancy) == tr.n_scenes
     tr.occupancy = OccupancyGrid.full(tr.n_scenes, 4)      # what resuming from a checkpoint does
     assert tr.bank.occupancy.res == 4
+
+
+def test_x0_ema_takes_one_batch_per_outer_iteration():
+    """lambda_diff's EMA of mean(x0^2) is updated once per outer iteration, also with
+    diff_steps > 1 and in stage 2, on codes where mean(x0)^2 (0.36) != mean(x0^2) (0.52)."""
+    cfg = tiny_cfg(diff_steps=3, diff_batch=3, iters=1, x0_ema_momentum=0.1)
+    m = cfg.x0_ema_momentum
+    for mode in ("single-stage", "two-stage"):
+        tr = Trainer(cfg, tiny_data(), mode=mode)
+        if mode == "two-stage":
+            tr.outer_step()                                         # stage 1 (no EMA update)
+            assert float(tr.prior.x0_sq_ema) == 1.0
+        x = torch.full(tr.bank.shape[1:], 0.2)
+        x[..., ::2] = 1.0                                           # every scene: x in {0.2, 1.0}
+        tr.bank.set_activated(torch.arange(tr.n_scenes), x[None])
+        sq = tr.bank.activated().pow(2).mean().item()
+        assert abs(sq - 0.52) < 1e-5
+        row = tr.outer_step()
+        assert row["phase"] == ("single-stage" if mode == "single-stage" else "stage2")
+        assert abs(row["lambda_diff"] - cfg.c_diff / row["x0_sq_ema"]) < 1e-9
+        assert abs(row["x0_sq_ema"] - ((1 - m) + m * sq)) < 1e-6, (mode, row["x0_sq_ema"])

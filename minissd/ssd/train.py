@@ -36,7 +36,9 @@ modes see the same rendering steps and denoiser updates, so the comparison is fa
 
 Gradients on codes are taken w.r.t. the pre-activation `code_` (x = 2 tanh(code_)).
 Losses are averaged over the scenes of a batch for both terms, as the E_i of eq. (1-2).
-lambda_diff = c_diff / EMA(mean(x0^2)) is read before the batch updates the EMA and is
+lambda_diff = c_diff / EMA(mean(x0^2)) is read before the batch updates the EMA; the EMA
+takes one batch per outer iteration (the line-4 batch, or stage 2's batch), as the official
+code's one diffusion loss per iteration does, whatever cfg.diff_steps, and it is
 never frozen (the official code freezes it at 100K iterations, far beyond our runs).
 The EMA of the decoder and denoiser weights ramps up as the official configs do
 (`ema.ema_beta_at`).
@@ -159,18 +161,20 @@ class Trainer:
 
     # ------------------------------------------------------------ the steps ------
     def diffusion_grad(self, idx: torch.Tensor, step_denoiser: bool = True, t=None, noise=None,
-                       code_grad: bool = True):
+                       code_grad: bool = True, update_ema: bool = True):
         """Algorithm 1 lines 4-5: lambda_diff * L_diff on the batch's codes, a denoiser
         step, and the gradient on the codes returned as the cached prior gradient
         (None when code_grad=False: the codes are data, as in stage 2 of the baseline).
-        (t, noise) default to fresh draws from the trainer's generator."""
+        (t, noise) default to fresh draws from the trainer's generator. update_ema: feed
+        the batch's mean(x0^2) to the EMA behind lambda_diff (once per outer iteration)."""
         self.opt_prior.zero_grad(set_to_none=True)
         code_ = self.bank.get(idx)                                          # (B, 3, C, R, R)
         g, loss = prior_gradient(self.prior, code_, self.cfg.c_diff, generator=self.gen, t=t,
                                  noise=noise, scale=1.0 / len(idx), code_grad=code_grad)  # line 4
         if step_denoiser:
             self.opt_prior.step()                                           # line 5
-        self.prior.update_x0_ema(code_activation(code_.detach()))
+        if update_ema:
+            self.prior.update_x0_ema(code_activation(code_.detach()))
         return g, loss
 
     def extra_denoiser_steps(self) -> float:
@@ -184,7 +188,7 @@ class Trainer:
         losses = []
         for _ in range(self.cfg.diff_steps - 1):
             idx = self.sample_scenes(self.cfg.diff_batch or self.cfg.scenes_per_batch)
-            losses.append(self.diffusion_grad(idx, code_grad=False)[1])
+            losses.append(self.diffusion_grad(idx, code_grad=False, update_ema=False)[1])
         return sum(losses) / len(losses) if losses else float("nan")
 
     def rendering_step(self, idx: torch.Tensor, prior_grad, step_decoder: bool):
