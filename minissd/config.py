@@ -80,6 +80,9 @@ class Config:
     k_in_schedule: tuple = ((0, 16), (200, 4), (2000, 2))  # (from_iter, K_in)
     ckpt_every: int = 500
     seed: int = 0
+    # --- speed (runtime.py) ----------------------------------------------------------
+    amp: str = "off"               # mixed precision of the denoiser and decoder MLP: "off" (fp32),
+                                   # "bf16", "fp16" (CUDA, denoiser only) or "auto" (bf16 where fast)
 
     def k_in(self, it: int) -> int:
         """K_in for outer iteration `it` (0-based), following k_in_schedule."""
@@ -90,7 +93,10 @@ class Config:
         return k
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as plain data; a field added after models were shipped is left out
+        at its LEGACY value, so old model keys, checkpoints and files stay valid."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if not (k in LEGACY and v == LEGACY[k])}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
@@ -181,6 +187,10 @@ class TestConfig:
                 raise ValueError(f"--test-set {pair!r}: {key} takes a {want.__name__}")
             over[key] = val
         return replace(self, **over)
+
+
+# fields added after the shipped models, with the value files without them were made with
+LEGACY = {"amp": "off"}
 
 
 PRESETS = {

@@ -61,6 +61,7 @@ from minissd.nerf.occupancy import OccupancyGrid
 from minissd.nerf.triplane import CodeBank, code_activation
 from minissd.prior.diffusion import DiffusionPrior, prior_gradient
 from minissd.prior.ema import ema_beta_at, ema_copy, ema_update
+from minissd.runtime import GradScale
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd.logs import append_log, write_log
 from minissd.utils import evenly_spaced, to_device
@@ -99,10 +100,11 @@ class Trainer:
         # per-scene occupancy grids for empty-space skipping (all cells occupied at first),
         # owned by the bank (self.occupancy is an alias)
         self.bank.occupancy = OccupancyGrid.full(self.n_scenes, cfg.occ_grid_res, self.device)
-        self.decoder = TriplaneDecoder(cfg.code_ch, cfg.dec_hidden).to(self.device)
+        self.decoder = TriplaneDecoder(cfg.code_ch, cfg.dec_hidden, amp=cfg.amp).to(self.device)
         self.prior = DiffusionPrior(cfg).to(self.device)
         self.opt_dec = torch.optim.Adam(self.decoder.parameters(), lr=cfg.lr_decoder)
         self.opt_prior = torch.optim.Adam(self.prior.parameters(), lr=cfg.lr_denoiser)
+        self.grad_scale = GradScale(cfg.amp, self.device)     # loss scaling under amp=fp16
         self.ema_decoder, self.ema_prior = ema_copy(self.decoder), ema_copy(self.prior)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
         # running mean of the codes: stage 1 of the baseline starts new codes from it
@@ -170,9 +172,11 @@ class Trainer:
         self.opt_prior.zero_grad(set_to_none=True)
         code_ = self.bank.get(idx)                                          # (B, 3, C, R, R)
         g, loss = prior_gradient(self.prior, code_, self.cfg.c_diff, generator=self.gen, t=t,
-                                 noise=noise, scale=1.0 / len(idx), code_grad=code_grad)  # line 4
+                                 noise=noise, scale=self.grad_scale.factor / len(idx),
+                                 code_grad=code_grad)                       # line 4
+        g = self.grad_scale.unscale(g)
         if step_denoiser:
-            self.opt_prior.step()                                           # line 5
+            self.grad_scale.step(self.opt_prior)                            # line 5
         if update_ema:
             self.prior.update_x0_ema(code_activation(code_.detach()))
         return g, loss
