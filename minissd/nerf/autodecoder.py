@@ -229,10 +229,14 @@ class Recipe:
     occ_first: bool = False
     mean_loss: bool = False
 
+    def __post_init__(self):
+        if self.reg not in ("l2", "tv") or self.init not in ("uniform", "mean") or self.occ_every < 1:
+            raise ValueError(f"Recipe: reg 'l2'|'tv', init 'uniform'|'mean', occ_every >= 1; got {self}")
+
 
 NOTEBOOK_RECIPE = Recipe()           # train_autodecoder: notebooks 01-02 and bench_autodecoder
-# Algorithm 1's rendering half and the official stage 1 (REFERENCE: TV^1.5 weight 1, mean-code
-# init, grids refreshed once per outer iteration before rendering)
+# Algorithm 1's rendering half, and the official stage-1 configs (TV^1.5 weight 1, mean-code
+# init); both refresh the grids once per outer iteration before rendering, as the official code
 SINGLE_STAGE_RECIPE = Recipe(reg="l2", init="uniform", occ_every=1, occ_jitter=1, occ_first=True,
                              mean_loss=True)
 STAGE1_RECIPE = replace(SINGLE_STAGE_RECIPE, reg="tv", init="mean")
@@ -298,7 +302,7 @@ def autodecoder_iteration(bank: CodeBank, idx, decoder, opt_dec, data: dict, cfg
         init_from_mean(bank, idx, mean_code)
     t0 = time.perf_counter()
     if refresh and recipe.occ_first:
-        refresh_occupancy(bank, decoder, cfg, idx, len(idx), generator, recipe.occ_jitter)
+        bank.refresh_occupancy(decoder, cfg, idx, len(idx), generator, recipe.occ_jitter)
     t1 = time.perf_counter()
     for k in range(k_in):
         losses = inner_step(bank, idx, decoder, opt_dec, data, cfg, n_views, recipe,
@@ -308,7 +312,7 @@ def autodecoder_iteration(bank: CodeBank, idx, decoder, opt_dec, data: dict, cfg
         update_mean_code(bank, idx, mean_code)
     t2 = time.perf_counter()
     if refresh and not recipe.occ_first:
-        refresh_occupancy(bank, decoder, cfg, idx, len(idx), generator, recipe.occ_jitter)
+        bank.refresh_occupancy(decoder, cfg, idx, len(idx), generator, recipe.occ_jitter)
     stats["t_occ"], stats["t_rend"] = t1 - t0 + time.perf_counter() - t2, t2 - t1
     return losses
 
@@ -377,22 +381,5 @@ def train_autodecoder(cfg, scene_data: dict, iters: int, device="cpu", bank: Cod
             break
     decoder.requires_grad_(True).eval()
     if bank.occupancy is not None:                                       # fresh grids for rendering
-        refresh_occupancy(bank, decoder, cfg, batch=B, generator=gen, n_jitter=recipe.occ_jitter)
+        bank.refresh_occupancy(decoder, cfg, batch=B, generator=gen, n_jitter=recipe.occ_jitter)
     return bank, decoder, log
-
-
-@torch.no_grad()
-def refresh_occupancy(bank: CodeBank, decoder, cfg, idx=None, batch: int = 8, generator=None,
-                      n_jitter: int = 4):
-    """Rebuild bank.occupancy (creating it if needed) for scenes idx (default all) from
-    the current codes and decoder, `batch` scenes at a time, probing each cell's centre
-    and n_jitter random points. Returns the OccupancyGrid."""
-    if getattr(bank, "occupancy", None) is None:
-        bank.occupancy = OccupancyGrid.full(len(bank), cfg.occ_grid_res, bank.device)
-    idx = torch.arange(len(bank)) if idx is None else torch.as_tensor(idx).reshape(-1)
-    dev = next(decoder.parameters()).device
-    for i in range(0, len(idx), batch):
-        sub = idx[i:i + batch]
-        field = make_field(decoder, bank.activated(sub).to(dev))
-        bank.occupancy.refresh(field, sub, cfg.occ_threshold, n_jitter, generator=generator)
-    return bank.occupancy

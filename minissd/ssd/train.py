@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from minissd.config import Config
 from minissd.errors import TrainingDiverged
 from minissd.nerf.autodecoder import (SINGLE_STAGE_RECIPE, STAGE1_RECIPE, autodecoder_iteration,
-                                      inner_step, refresh_due, refresh_occupancy)
+                                      inner_step, refresh_due)
 from minissd.nerf.decoder import TriplaneDecoder
 from minissd.nerf.occupancy import OccupancyGrid
 from minissd.nerf.triplane import CodeBank, code_activation
@@ -211,8 +211,8 @@ class Trainer:
         """Rebuild the batch's occupancy grids from the current density (once per outer
         iteration, as the official code does; cells stay occupied during warm-up)."""
         if refresh_due(self.it, self.cfg.occ_warmup, self.recipe):
-            refresh_occupancy(self.bank, self.decoder, self.cfg, idx, len(idx), self.gen,
-                              self.recipe.occ_jitter)
+            self.bank.refresh_occupancy(self.decoder, self.cfg, idx, len(idx), self.gen,
+                                        self.recipe.occ_jitter)
 
     def autodecoder_half(self, idx: torch.Tensor, k_in: int, prior_grad=None) -> tuple:
         """Lines 6-13 (with the cached prior gradient) or stage 1 of the baseline (None):
