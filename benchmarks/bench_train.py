@@ -10,7 +10,8 @@ Each setting runs in a fresh child process (OMP_WAIT_POLICY is read when torch l
 timed ones, printing the mean seconds of the whole iteration and of its parts: the
 diffusion step (lines 4-5 plus the cfg.diff_steps - 1 extra denoiser updates), the
 occupancy refresh, the K_in rendering inner steps (lines 6-13) and, inside those, the
-decoder MLP's forward passes. --contended also runs every setting beside a busy-looping
+decoder MLP's forward passes; `cpu` is the process's CPU seconds per iteration (threads
+spinning at OpenMP barriers show up there). --contended also runs every setting beside a busy-looping
 process that this script starts and stops (it also stops itself after --competitor-s
 seconds), and prints idle / contended and their ratio. Report the machine's load
 (`uptime`) with the numbers: on a shared machine they are not idle timings.
@@ -31,7 +32,7 @@ from minissd.data.procedural import ensure_dataset
 from minissd.ssd.model import load_training_data
 from minissd.ssd.train import Trainer
 
-PARTS = ("total", "t_diff", "t_occ", "t_rend", "t_decoder")
+PARTS = ("total", "t_diff", "t_occ", "t_rend", "t_decoder", "cpu")
 
 
 def time_decoder(decoder) -> dict:
@@ -55,10 +56,11 @@ def measure(preset: str, k_in: int, amp: str, iters: int, warmup: int, device: s
     acc = time_decoder(tr.decoder)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rows = [tr.outer_step() for _ in range(iters)]
     sync()
     out = {"total": (time.perf_counter() - t0) / iters, "t_decoder": acc["s"] / iters,
+           "cpu": (time.process_time() - c0) / iters,
            "threads": torch.get_num_threads(), "device": str(dev),
            "loss_rend": rows[-1]["loss_rend"]}
     for k in ("t_diff", "t_occ", "t_rend"):

@@ -12,10 +12,11 @@ underflow fp16. "auto" picks bf16 where it is fast (a CUDA GPU with bf16, a CPU 
 AVX512-BF16) and fp32 elsewhere. Models written before the field existed load as "off".
 
 Threads. PyTorch's OpenMP pool uses every core it is given, and an OpenMP parallel region
-ends at a barrier: when another process takes one of two cores, every region waits for the
-descheduled thread, and by default the waiting threads spin (GNU OpenMP's
-OMP_WAIT_POLICY=ACTIVE for a while), burning the CPU the late thread needs. An iteration of
-the laptop preset then runs ~7x slower beside one busy process instead of ~2x.
+ends at a barrier: when other processes take the cores, every region waits for its
+descheduled thread while the waiting threads spin (GNU OpenMP, unless
+OMP_WAIT_POLICY=PASSIVE), burning the CPU the late thread needs. Measured on 2 shared cores
+(load ~15): the laptop UNet step took 14.5 s and 3.0 CPU-s with 2 spinning threads, 1.4 s
+and 0.33 CPU-s with 2 passive threads, 1.4 s and 0.27 CPU-s with 1 thread (docs/speed.md).
 `set_threads("auto")` uses the cores this process may run on (os.sched_getaffinity) minus
 the ones other processes keep busy (the 1-minute load average), at least 1; minissd calls
 it once, in `minissd/__init__.py`, unless MINISSD_THREADS says otherwise ("auto", a number,
