@@ -96,3 +96,20 @@ def test_set_threads_parses_its_setting():
                 runtime.set_threads(bad)
     finally:
         torch.set_num_threads(before)
+
+
+def test_importing_minissd_sets_threads_and_passive_waiting():
+    """The one place: `import minissd` applies MINISSD_THREADS and, before torch loads,
+    OMP_WAIT_POLICY=PASSIVE (an explicit setting is kept)."""
+    import subprocess
+    import sys
+    code = ("import os, minissd, torch; "
+            "print(torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY'))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for extra, want in (({"MINISSD_THREADS": "1"}, "1 PASSIVE"),
+                        ({"MINISSD_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"}, "2 ACTIVE")):
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+        env.update(extra, PYTHONPATH=root)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert " ".join(out) == want, out
