@@ -113,3 +113,17 @@ def test_importing_minissd_sets_threads_and_passive_waiting():
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, check=True).stdout.split()
         assert " ".join(out) == want, out
+
+
+def test_cli_threads_flag(tmp_path, capsys):
+    from minissd.cli import main
+    before = torch.get_num_threads()
+    missing = ["train", "--preset", "smoke", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]
+    try:
+        assert main(missing + ["--threads", "zero"]) == 1          # refused before the command runs
+        assert "MINISSD_THREADS / --threads 'zero'" in capsys.readouterr().err
+        with pytest.raises(SystemExit):                              # the command ran, threads set
+            main(missing + ["--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
