@@ -1,16 +1,28 @@
-"""Seconds per outer iteration of single-stage training, split into diffusion and rendering.
+"""Seconds per outer iteration of single-stage training, split into its parts, under each
+mixed-precision mode and thread setting, idle and beside a CPU-bound competitor.
 
-    python benchmarks/bench_train.py --preset laptop --iters 30 [--device cuda]
+    python benchmarks/bench_train.py --preset laptop --iters 5 --k-in 2 --amp off bf16
+    python benchmarks/bench_train.py --preset laptop --iters 5 --k-in 2 --contended \\
+        --threads 2 1 auto --wait-policy ACTIVE PASSIVE
 
-Runs `iters` outer iterations of Algorithm 1 on the built-in procedural cars, after a
-warm-up of `warmup` iterations, at each K_in given, and prints the mean time of the
-diffusion part (lines 4-5: one UNet forward+backward and a denoiser step) and of the
-rendering part (lines 6-13: K_in rendering steps), and what recomputing the diffusion
-gradient every inner step would cost instead (K_in UNet passes).
+Each setting runs in a fresh child process (OMP_WAIT_POLICY is read when torch loads):
+`warmup` outer iterations of Algorithm 1 on the built-in procedural cars, then `iters`
+timed ones, printing the mean seconds of the whole iteration and of its parts: the
+diffusion step (lines 4-5 plus the cfg.diff_steps - 1 extra denoiser updates), the
+occupancy refresh, the K_in rendering inner steps (lines 6-13) and, inside those, the
+decoder MLP's forward passes; `cpu` is the process's CPU seconds per iteration (threads
+spinning at OpenMP barriers show up there). --contended also runs every setting beside a busy-looping
+process that this script starts and stops (it also stops itself after --competitor-s
+seconds), and prints idle / contended and their ratio. Report the machine's load
+(`uptime`) with the numbers: on a shared machine they are not idle timings.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 
 import torch
@@ -20,40 +32,105 @@ from minissd.data.procedural import ensure_dataset
 from minissd.ssd.model import load_training_data
 from minissd.ssd.train import Trainer
 
+PARTS = ("total", "t_diff", "t_occ", "t_rend", "t_decoder", "cpu")
+
+
+def time_decoder(decoder) -> dict:
+    """Accumulate the wall time of the decoder's forward passes in acc["s"] (hooks)."""
+    acc = {"s": 0.0, "t0": 0.0}
+    decoder.register_forward_pre_hook(lambda *_: acc.__setitem__("t0", time.perf_counter()))
+    decoder.register_forward_hook(
+        lambda *_: acc.__setitem__("s", acc["s"] + time.perf_counter() - acc["t0"]))
+    return acc
+
+
+def measure(preset: str, k_in: int, amp: str, iters: int, warmup: int, device: str | None) -> dict:
+    """Mean seconds per outer iteration and per part (one child process's work)."""
+    dev = pick_device(device)
+    cfg = get_preset(preset, k_in_schedule=((0, k_in),), occ_warmup=0, amp=amp)
+    data_dir = ensure_dataset("cars", "train", cfg.data_scenes, cfg.data_views, cfg.image_res,
+                              progress=False)
+    tr = Trainer(cfg, load_training_data(data_dir, cfg, dev), device=dev)
+    for _ in range(warmup):
+        tr.outer_step()
+    acc = time_decoder(tr.decoder)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync()
+    t0, c0 = time.perf_counter(), time.process_time()
+    rows = [tr.outer_step() for _ in range(iters)]
+    sync()
+    out = {"total": (time.perf_counter() - t0) / iters, "t_decoder": acc["s"] / iters,
+           "cpu": (time.process_time() - c0) / iters,
+           "threads": torch.get_num_threads(), "device": str(dev),
+           "loss_rend": rows[-1]["loss_rend"]}
+    for k in ("t_diff", "t_occ", "t_rend"):
+        out[k] = sum(r[k] for r in rows) / len(rows)
+    return out
+
+
+def run_child(args, amp: str, threads: str, policy: str, contended: bool) -> dict:
+    """One setting in a fresh process, beside a competitor when `contended`."""
+    env = dict(os.environ, MINISSD_THREADS=threads)
+    env.pop("OMP_NUM_THREADS", None)
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    cmd = [sys.executable, __file__, "--child", "--preset", args.preset, "--iters", str(args.iters),
+           "--warmup", str(args.warmup), "--k-in", str(args.k_in[0]), "--amp", amp]
+    if args.device:
+        cmd += ["--device", args.device]
+    rival = None
+    if contended:        # a CPU-bound competitor that stops itself after competitor_s seconds
+        rival = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + "
+                                  f"{args.competitor_s}\nwhile time.time() < end: pass"])
+        time.sleep(0.5)
+    try:
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    finally:
+        if rival is not None:
+            rival.kill()
+            rival.wait()
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="laptop")
-    p.add_argument("--iters", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--k-in", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--k-in", type=int, nargs="+", default=[2])
+    p.add_argument("--amp", nargs="+", default=["off", "bf16"])
+    p.add_argument("--threads", nargs="+", default=["torch"],
+                   help="MINISSD_THREADS per setting: 'torch' (PyTorch's default), 'auto', N")
+    p.add_argument("--wait-policy", nargs="+", default=[""],
+                   help="OMP_WAIT_POLICY per setting (ACTIVE, PASSIVE; '' = unset)")
+    p.add_argument("--contended", action="store_true", help="also beside a busy process")
+    p.add_argument("--competitor-s", type=float, default=600.0)
     p.add_argument("--device")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    device = pick_device(args.device)
-    base = get_preset(args.preset)
-    data_dir = ensure_dataset("cars", "train", base.data_scenes, base.data_views, base.image_res,
-                              progress=False)
-    print(f"preset {base.name} on {device} ({torch.get_num_threads()} threads): "
-          f"{base.scenes_per_batch} scenes x {base.rays_per_scene} rays x {base.n_samples} samples, "
-          f"UNet on ({3 * base.code_ch}, {base.code_res}, {base.code_res})")
+    if args.child:
+        print(json.dumps(measure(args.preset, args.k_in[0], args.amp[0], args.iters, args.warmup,
+                                 args.device)))
+        return
+    print(f"preset {args.preset}, K_in {args.k_in}, {args.iters} timed iterations after "
+          f"{args.warmup}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"{'amp':5s} {'threads':>7s} {'wait':>7s} {'beside':>6s} " +
+          " ".join(f"{k:>9s}" for k in PARTS) + "  (seconds per outer iteration)")
     for k in args.k_in:
-        cfg = get_preset(args.preset, k_in_schedule=((0, k),), occ_warmup=0)
-        tr = Trainer(cfg, load_training_data(data_dir, cfg, device), device=device)
-        for _ in range(args.warmup):
-            tr.outer_step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        rows = [tr.outer_step() for _ in range(args.iters)]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        total = (time.perf_counter() - t0) / args.iters
-        t_diff = sum(r["t_diff"] for r in rows) / len(rows)
-        t_rend = sum(r["t_rend"] for r in rows) / len(rows)
-        print(f"K_in={k}: {total:.3f} s/outer iteration = diffusion {t_diff:.3f} s "
-              f"({100 * t_diff / total:.0f}%) + rendering {t_rend:.3f} s ({100 * t_rend / total:.0f}%)"
-              f"; without the cache the UNet part would be {k * t_diff:.3f} s "
-              f"(total {total + (k - 1) * t_diff:.3f} s)")
+        args.k_in = [k]
+        for amp in args.amp:
+            for threads in args.threads:
+                for policy in args.wait_policy:
+                    idle = run_child(args, amp, threads, policy, False)
+                    rows = [("idle", idle)]
+                    if args.contended:
+                        rows.append(("busy", run_child(args, amp, threads, policy, True)))
+                    for where, r in rows:
+                        print(f"{amp:5s} {r['threads']:>7d} {policy or '-':>7s} {where:>6s} " +
+                              " ".join(f"{r[x]:9.3f}" for x in PARTS), flush=True)
+                    if args.contended:
+                        print(f"      contended / idle = {rows[1][1]['total'] / idle['total']:.2f}",
+                              flush=True)
 
 
 if __name__ == "__main__":

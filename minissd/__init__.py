@@ -1,4 +1,19 @@
 """minissd: a small, readable PyTorch reference implementation of Single-Stage
 Diffusion NeRF (Chen et al., ICCV 2023). README.md maps the paper's equations and
-Algorithm 1 to functions; docs/modules.md lists every module."""
+Algorithm 1 to functions; docs/modules.md lists every module.
+Importing minissd sets torch's CPU threads once for the whole package (training,
+sampling, notebooks): runtime.set_threads with $MINISSD_THREADS ("auto" by default: the
+cores not kept busy by other processes; "torch" leaves PyTorch's default, as does an
+explicit OMP_NUM_THREADS). See runtime.py for why.
+"""
+import os
+import sys
+
+if "torch" not in sys.modules:             # read by OpenMP when torch loads: sleep, don't spin
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from minissd.runtime import set_threads  # noqa: E402
+
 __version__ = "0.1.0"
+set_threads(os.environ.get("MINISSD_THREADS")
+            or ("torch" if "OMP_NUM_THREADS" in os.environ else "auto"))

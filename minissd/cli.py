@@ -22,6 +22,7 @@ import sys
 import tempfile
 
 from minissd.errors import TrainingDiverged, UserError
+from minissd.runtime import set_threads
 
 # command -> (module, one-line help)
 COMMANDS = {
@@ -213,6 +214,8 @@ def command_parser(name: str) -> argparse.ArgumentParser:
                                 epilog="example:\n  " + EXAMPLES[name] if name in EXAMPLES else None)
     module.add_arguments(p)
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    p.add_argument("--threads", help="CPU threads: 'auto' (the cores other processes leave free), "
+                   "'torch' (PyTorch's default) or a number; default $MINISSD_THREADS or auto")
     return p
 
 
@@ -250,9 +253,11 @@ def main(argv=None) -> int:
         return 2
     p = command_parser(argv[0])
     args = p.parse_args(argv[1:])
-    debug = args.__dict__.pop("debug")
+    debug, threads = args.__dict__.pop("debug"), args.__dict__.pop("threads")
     module = importlib.import_module(COMMANDS[argv[0]][0])
     try:
+        if threads is not None:
+            set_threads(threads)                     # else as set when minissd was imported
         return module.run(args) or 0
     except KeyboardInterrupt:
         if debug:

@@ -36,8 +36,8 @@ class Config:
     # --- triplane code x_i (official `code_size`, base_nerf.py `TanhCode`) ----------
     code_ch: int = 6               # C: channels per plane (paper: 6)
     code_res: int = 32             # R: plane resolution (paper: 128)
-    code_reg: float = 3e-3         # L2 penalty on the code, added to the rendering loss: the
-                                   # official paper configs' weight (3e-3 x mean(code^2))
+    code_reg: float = 3e-3         # L2 penalty on the code, added to the rendering loss (official
+                                   # reg_loss weight, configs/paper_cfgs/ssdnerf_cars_uncond.py)
     # --- decoder psi and renderer (official decoders/triplane_decoder.py) ----------
     dec_hidden: int = 64
     n_samples: int = 64            # samples per ray (uniform / stratified)
@@ -84,6 +84,9 @@ class Config:
     k_in_schedule: tuple = ((0, 16), (200, 4), (2000, 2))  # (from_iter, K_in)
     ckpt_every: int = 500
     seed: int = 0
+    # --- speed (runtime.py) ----------------------------------------------------------
+    amp: str = "off"               # mixed precision of the denoiser and decoder MLP: "off" (fp32),
+                                   # "bf16", "fp16" (CUDA, denoiser only) or "auto" (bf16 where fast)
 
     def k_in(self, it: int) -> int:
         """K_in for outer iteration `it` (0-based), following k_in_schedule."""
@@ -94,7 +97,10 @@ class Config:
         return k
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as plain data; a field added after models were shipped is left out
+        at its LEGACY value, so old model keys, checkpoints and files stay valid."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if not (k in LEGACY and v == LEGACY[k])}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> "Config":
@@ -172,6 +178,10 @@ class TestConfig:
             raise ValueError(f"{where} recon_steps={self.recon_steps}: more DDIM steps than the "
                              f"model's T={cfg.T}")
         return self
+
+
+# fields added after the shipped models, with the value files without them were made with
+LEGACY = {"amp": "off"}
 
 
 PRESETS = {

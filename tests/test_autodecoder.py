@@ -5,14 +5,21 @@ import torch
 
 from minissd.config import get_preset
 from minissd.data import cameras
+from minissd.nerf import autodecoder
 from minissd.nerf.autodecoder import (
+    MEAN_CODE_MOMENTUM,
+    STAGE1_RECIPE,
+    Recipe,
+    autodecoder_iteration,
     heldout_psnr,
     lambda_rend,
     rendering_loss,
     sample_rays,
     train_autodecoder,
+    tv_regulariser,
 )
 from minissd.nerf.decoder import TriplaneDecoder
+from minissd.nerf.occupancy import OccupancyGrid
 from minissd.nerf.render import render_image
 from minissd.nerf.triplane import CodeBank, code_activation
 
@@ -92,3 +99,76 @@ def test_smoke_autodecoder_lowers_the_loss():
     assert len(bank) == 2 and bank.step.tolist() == [60, 60]
     p = heldout_psnr(dec, bank.activated(), held, cfg)
     assert p.shape == (2,) and (p > 12).all(), p
+
+
+def loop_setup(**kw):
+    cfg = get_preset("smoke", n_samples=8, rays_per_scene=32, occ_grid_res=4, **kw)
+    data = toy_scenes(n_views=3, res=8)
+    bank = CodeBank(2, cfg.code_ch, cfg.code_res, generator=torch.Generator().manual_seed(0))
+    bank.occupancy = OccupancyGrid.full(2, cfg.occ_grid_res)
+    dec = TriplaneDecoder.from_config(cfg)
+    return cfg, data, bank, dec, torch.optim.Adam(dec.parameters(), lr=cfg.lr_decoder)
+
+
+def test_recipe_occupancy_schedule_and_probes(monkeypatch):
+    """occ_every / occ_warmup pick the iterations, occ_jitter the probes, occ_first the
+    moment (before the rendering steps: the decoder has not stepped yet)."""
+    calls = []
+    real = OccupancyGrid.refresh
+
+    def spy(self, field, idx, threshold, n_jitter=4, *a, **k):
+        calls.append((it, n_jitter, field.decoder.base.weight.detach().clone()))
+        return real(self, field, idx, threshold, n_jitter, *a, **k)
+    monkeypatch.setattr(OccupancyGrid, "refresh", spy)
+    for first in (True, False):
+        cfg, data, bank, dec, opt = loop_setup()
+        recipe = Recipe(occ_every=3, occ_jitter=2, occ_first=first)
+        idx, gen = torch.tensor([0, 1]), torch.Generator().manual_seed(0)
+        calls.clear()
+        for it in range(8):
+            w_before = dec.base.weight.detach().clone()
+            autodecoder_iteration(bank, idx, dec, opt, data, cfg, it, 2, recipe, occ_warmup=2,
+                                  generator=gen)
+            if calls and calls[-1][0] == it:
+                seen = calls[-1][2]
+                assert not torch.equal(w_before, dec.base.weight)          # psi stepped
+                assert torch.equal(seen, w_before if first else dec.base.weight.detach())
+        assert [c[0] for c in calls] == [3, 6] and all(c[1] == 2 for c in calls)
+
+
+def test_recipe_regulariser_init_and_loss_scale(monkeypatch):
+    cfg, data, bank, dec, opt = loop_setup()
+    idx = torch.tensor([0, 1])
+    x = code_activation(bank.get(idx).detach())
+    rays = sample_rays(data, idx, cfg.rays_per_scene, torch.Generator().manual_seed(1))
+    l2, tv = (rendering_loss(dec, x, *rays, cfg, 3, generator=torch.Generator().manual_seed(2),
+                             reg=r) for r in ("l2", "tv"))
+    torch.testing.assert_close(l2 - tv, cfg.code_reg * x.pow(2).flatten(1).mean(1)
+                               - cfg.stage1_tv * tv_regulariser(x))
+    # init="mean": a scene never stepped starts from the mean code; mean_loss: scale 1/B
+    scales = []
+    real = autodecoder.code_step
+    monkeypatch.setattr(autodecoder, "code_step",
+                        lambda *a, **k: scales.append(k["scale"]) or real(*a, **k))
+    bank.step[1] = 5                                          # scene 1 was fitted before
+    kept = bank.codes_[1].clone()
+    mean = torch.full(bank.shape[1:], 0.5)
+    recipe = Recipe(init="mean", mean_loss=True, occ_every=1)
+    cfg_frozen = get_preset("smoke", n_samples=8, rays_per_scene=32, occ_grid_res=4, lr_code=1e-12)
+    autodecoder_iteration(bank, idx, dec, None, data, cfg_frozen, 0, 1, recipe, mean_code=mean,
+                          occ_warmup=10)
+    torch.testing.assert_close(bank.activated(torch.tensor([0])), torch.full_like(x[:1], 0.5))
+    torch.testing.assert_close(bank.codes_[1], kept)
+    batch_mean = bank.activated(idx).mean(0)
+    torch.testing.assert_close(mean, 0.5 * (1 - MEAN_CODE_MOMENTUM) + MEAN_CODE_MOMENTUM * batch_mean)
+    autodecoder_iteration(bank, idx, dec, None, data, cfg_frozen, 1, 1, Recipe(occ_every=1),
+                          occ_warmup=10)
+    assert scales == [0.5, 1.0]
+
+
+def test_train_autodecoder_takes_the_stage1_recipe():
+    cfg, data, *_ = loop_setup()
+    bank, *_ = train_autodecoder(cfg, data, 2, progress=False, recipe=STAGE1_RECIPE)
+    ref, *_ = train_autodecoder(cfg, data, 2, progress=False)
+    assert not torch.allclose(bank.codes_, ref.codes_)
+    assert (bank.activated().abs().amax() > 1e-3)          # moved from the mean code, not U(+-1e-4)

@@ -6,7 +6,10 @@ import torch
 
 from minissd.config import get_preset
 from minissd.data.cameras import intrinsics, orbit_poses
-from minissd.nerf.autodecoder import rendering_loss, sample_rays
+from minissd.nerf import autodecoder
+from minissd.nerf.autodecoder import (SINGLE_STAGE_RECIPE, STAGE1_RECIPE, rendering_loss,
+                                      sample_rays)
+from minissd.nerf.occupancy import OccupancyGrid
 from minissd.nerf.triplane import code_activation, planes_to_image
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd.train import Trainer, sparse_view_ids
@@ -71,12 +74,12 @@ def test_kin_gt1_runs_denoiser_once_and_reuses_prior_grad(monkeypatch):
         return orig(*args, **kw)
     monkeypatch.setattr(tr.prior.unet, "forward", counting)
     seen = []
-    orig_step = tr.rendering_step
+    orig_step = autodecoder.inner_step          # the one auto-decoder loop's inner step
 
-    def recording(idx, prior_grad, step_decoder):
+    def recording(*args, prior_grad, step_decoder, **kw):
         seen.append((prior_grad.clone(), step_decoder))
-        return orig_step(idx, prior_grad, step_decoder)
-    monkeypatch.setattr(tr, "rendering_step", recording)
+        return orig_step(*args, prior_grad=prior_grad, step_decoder=step_decoder, **kw)
+    monkeypatch.setattr(autodecoder, "inner_step", recording)
     for _ in range(2):
         tr.outer_step()
     assert calls["unet"] == 2, "the denoiser must run once per outer iteration"
@@ -167,12 +170,12 @@ def test_extra_denoiser_steps_train_phi_only_and_match_two_stage(monkeypatch):
     cfg = tiny_cfg(k_in_schedule=((0, 1),), diff_steps=3, diff_batch=3, iters=2)
     tr = Trainer(cfg, tiny_data())
     seen = []
-    orig = tr.rendering_step
+    orig = autodecoder.inner_step
 
-    def recording(idx, prior_grad, step_decoder):
-        seen.append(prior_grad.clone())
-        return orig(idx, prior_grad, step_decoder)
-    monkeypatch.setattr(tr, "rendering_step", recording)
+    def recording(*args, prior_grad, **kw):
+        seen.append(None if prior_grad is None else prior_grad.clone())
+        return orig(*args, prior_grad=prior_grad, **kw)
+    monkeypatch.setattr(autodecoder, "inner_step", recording)
     steps = {"n": 0}
     orig_opt = tr.opt_prior.step
 
@@ -220,8 +223,42 @@ def test_two_stage_stage1_uses_tv_and_mean_init():
     assert abs(float(tv_regulariser(x)) - ref) < 1e-5
     cfg = tiny_cfg(iters=2)
     tr = Trainer(cfg, tiny_data(), mode="two-stage")
-    assert tr.code_reg == "tv" and Trainer(cfg, tiny_data()).code_reg == "l2"
+    assert tr.recipe == STAGE1_RECIPE and Trainer(cfg, tiny_data()).recipe == SINGLE_STAGE_RECIPE
+    assert (STAGE1_RECIPE.reg, STAGE1_RECIPE.init, STAGE1_RECIPE.occ_every) == ("tv", "mean", 1)
     tr.mean_code.fill_(0.5)
-    idx = tr.sample_scenes()
-    tr.init_from_mean(idx)
-    torch.testing.assert_close(tr.bank.activated(idx), torch.full_like(tr.bank.activated(idx), 0.5))
+    before = tr.bank.codes_.clone()
+    row = tr.outer_step()               # stage 1: the batch starts from the mean code, then steps
+    idx = (tr.bank.step > 0).nonzero().flatten()
+    assert row["phase"] == "stage1" and len(idx) == cfg.scenes_per_batch
+    moved = (tr.bank.activated(idx) - 0.5).abs().amax()
+    assert 0 < moved < 0.2, moved       # near 0.5 (lr_code x K_in away), not near the 1e-4 start
+    untouched = (tr.bank.step == 0).nonzero().flatten()
+    assert torch.equal(tr.bank.codes_[untouched], before[untouched])
+
+
+def test_trainer_occupancy_has_one_owner():
+    tr = Trainer(tiny_cfg(), tiny_data())
+    assert tr.occupancy is tr.bank.occupancy and len(tr.occupancy) == tr.n_scenes
+    tr.occupancy = OccupancyGrid.full(tr.n_scenes, 4)      # what resuming from a checkpoint does
+    assert tr.bank.occupancy.res == 4
+
+
+def test_x0_ema_takes_one_batch_per_outer_iteration():
+    """lambda_diff's EMA of mean(x0^2) is updated once per outer iteration, also with
+    diff_steps > 1 and in stage 2, on codes where mean(x0)^2 (0.36) != mean(x0^2) (0.52)."""
+    cfg = tiny_cfg(diff_steps=3, diff_batch=3, iters=1, x0_ema_momentum=0.1)
+    m = cfg.x0_ema_momentum
+    for mode in ("single-stage", "two-stage"):
+        tr = Trainer(cfg, tiny_data(), mode=mode)
+        if mode == "two-stage":
+            tr.outer_step()                                         # stage 1 (no EMA update)
+            assert float(tr.prior.x0_sq_ema) == 1.0
+        x = torch.full(tr.bank.shape[1:], 0.2)
+        x[..., ::2] = 1.0                                           # every scene: x in {0.2, 1.0}
+        tr.bank.set_activated(torch.arange(tr.n_scenes), x[None])
+        sq = tr.bank.activated().pow(2).mean().item()
+        assert abs(sq - 0.52) < 1e-5
+        row = tr.outer_step()
+        assert row["phase"] == ("single-stage" if mode == "single-stage" else "stage2")
+        assert abs(row["lambda_diff"] - cfg.c_diff / row["x0_sq_ema"]) < 1e-9
+        assert abs(row["x0_sq_ema"] - ((1 - m) + m * sq)) < 1e-6, (mode, row["x0_sq_ema"])

@@ -17,18 +17,19 @@ only at 128x128 (at 64x64 it would be 1 - exp(-0.025 N_v)). Fewer views therefor
 rendering LESS and leave more to the prior.
 
 with R random rays drawn across all N_v views of the scene, C(r; x, psi) the volume
-rendering of eq. 1 (render.py) and y_r the pixel colour. This is stage 1 of the two-stage
-baseline and the rendering half of single-stage training (Algorithm 1), which reuses the
-small pieces here: `sample_rays`, `rendering_loss`, `lambda_rend`, `CodeBank`.
+rendering of eq. 1 (render.py) and y_r the pixel colour. `autodecoder_iteration` is the
+one auto-decoder loop of minissd: `train_autodecoder` (notebooks 01-02), stage 1 of the
+two-stage baseline and lines 6-13 of Algorithm 1 (ssd/train.py) all run it, with the
+regulariser, code initialisation and occupancy schedule of a `Recipe`: STAGE1_RECIPE holds
+the official stage-1 values (TV^1.5, mean-code init, grids refreshed every outer iteration).
 
-Departures from the paper: x in the regulariser is the activated code 2 tanh(code_);
-the codes start from uniform(+-1e-4) (the paper's stage 1 starts from the mean code);
-the occupancy grid is rebuilt every `occ_every` iterations for the scenes of the batch.
+x in the regulariser is the activated code 2 tanh(code_).
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -200,24 +201,155 @@ def heldout_psnr(decoder, x: torch.Tensor, scene_data: dict, cfg, occupancy=None
     return psnr_from_mse(mse).mean(dim=1)
 
 
+# How often train_autodecoder rebuilds the batch's occupancy grids: torch-ngp's
+# `update_extra_interval` (16 steps; the official code's ray marcher and density grid come
+# from torch-ngp). The official SSDNeRF refreshes once per outer iteration (occ_every=1).
+TORCH_NGP_OCC_EVERY = 16
+# Momentum of the running mean code that stage 1 of the baseline starts new codes from
+# (official `mean_ema_update`).
+MEAN_CODE_MOMENTUM = 1e-3
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an auto-decoder iteration treats codes and occupancy grids (`autodecoder_iteration`).
+
+    reg: the code regulariser, "l2" (cfg.code_reg * mean(x^2), the paper) or "tv"
+      (cfg.stage1_tv * TV^1.5, the official stage 1 of the two-stage baseline);
+    init: "uniform" (codes keep CodeBank's U(+-1e-4) start) or "mean" (a scene's code is
+      set to the running mean code when the scene is first drawn, official `init_from_mean`);
+    occ_every: the batch's grids are rebuilt every occ_every iterations after warm-up;
+    occ_jitter: random probes per cell besides its centre when rebuilding;
+    occ_first: rebuild before the batch's rendering steps (official) or after them;
+    mean_loss: the rendering losses are averaged over the batch's scenes (True, the E_i of
+      eq. 1) or summed (False).
+    """
+    reg: str = "l2"
+    init: str = "uniform"
+    occ_every: int = TORCH_NGP_OCC_EVERY
+    occ_jitter: int = 4
+    occ_first: bool = False
+    mean_loss: bool = False
+
+    def __post_init__(self):
+        if self.reg not in ("l2", "tv") or self.init not in ("uniform", "mean") or self.occ_every < 1:
+            raise ValueError(f"Recipe: reg 'l2'|'tv', init 'uniform'|'mean', occ_every >= 1; got {self}")
+
+
+NOTEBOOK_RECIPE = Recipe()           # train_autodecoder: notebooks 01-02 and bench_autodecoder
+# Algorithm 1's rendering half, and the official stage-1 configs (TV^1.5 weight 1, mean-code
+# init); both refresh the grids once per outer iteration before rendering, as the official code
+SINGLE_STAGE_RECIPE = Recipe(reg="l2", init="uniform", occ_every=1, occ_jitter=1, occ_first=True,
+                             mean_loss=True)
+STAGE1_RECIPE = replace(SINGLE_STAGE_RECIPE, reg="tv", init="mean")
+
+
+@torch.no_grad()
+def init_from_mean(bank: CodeBank, idx, mean_code: torch.Tensor) -> None:
+    """Codes of the scenes of idx never stepped yet <- the mean code (3, C, R, R)."""
+    new = bank.fresh(idx)
+    if len(new):
+        bank.set_activated(new, mean_code[None])
+
+
+@torch.no_grad()
+def update_mean_code(bank: CodeBank, idx, mean_code: torch.Tensor,
+                     momentum: float = MEAN_CODE_MOMENTUM, average=None) -> None:
+    """In place: mean_code <- EMA of the batch-mean activated code. `average(t)` (torchrun:
+    distributed.ShardedTrainer) replaces t in place by its mean over the ranks' batches."""
+    batch_mean = bank.activated(idx).mean(0)                                # (3, C, R, R)
+    if average is not None:
+        average(batch_mean)
+    mean_code.mul_(1 - momentum).add_(momentum * batch_mean)
+
+
+def inner_step(bank: CodeBank, idx, decoder, opt_dec, data: dict, cfg, n_views: int,
+               recipe: Recipe = NOTEBOOK_RECIPE, *, prior_grad=None, step_decoder: bool = True,
+               generator=None, max_rays_per_pass: int = 2048, stats: dict | None = None,
+               world: int = 1):
+    """One inner step (Algorithm 1 lines 7-13): fresh rays, code_step (rendering gradient +
+    prior_grad), and a decoder step when `step_decoder` and opt_dec is not None. With
+    recipe.mean_loss the loss is the mean over the global batch of len(idx) x `world`
+    scenes (world: torchrun ranks each holding len(idx) of them).
+    Returns the per-scene rendering losses (B,), detached."""
+    rays = sample_rays(data, idx, cfg.rays_per_scene, generator)            # line 7
+    decoder.zero_grad(set_to_none=True)
+    losses = code_step(bank, idx, decoder, rays, cfg, n_views, cfg.lr_code, prior_grad=prior_grad,
+                       occupancy=bank.occupancy, generator=generator,
+                       scale=1.0 / (len(idx) * world) if recipe.mean_loss else 1.0, reg=recipe.reg,
+                       max_rays_per_pass=max_rays_per_pass, stats=stats)      # lines 8-10
+    if step_decoder and opt_dec is not None:                                # lines 11-13
+        opt_dec.step()
+    decoder.zero_grad(set_to_none=True)
+    return losses
+
+
+def refresh_due(it: int, occ_warmup: int, recipe: Recipe) -> bool:
+    """Does iteration `it` rebuild the batch's grids? (never during warm-up)"""
+    return it >= occ_warmup and it % recipe.occ_every == 0
+
+
+def autodecoder_iteration(bank: CodeBank, idx, decoder, opt_dec, data: dict, cfg, it: int,
+                          k_in: int = 1, recipe: Recipe = NOTEBOOK_RECIPE, *, prior_grad=None,
+                          mean_code=None, occ_warmup: int | None = None, generator=None,
+                          max_rays_per_pass: int = 2048, stats: dict | None = None,
+                          world: int = 1, average=None):
+    """One outer iteration of the auto-decoder on the scenes idx (B,), the loop shared by
+    train_autodecoder, stage 1 of the two-stage baseline and (with the cached prior
+    gradient prior_grad) lines 6-13 of Algorithm 1:
+
+        [init codes from the mean]; [refresh grids]; K_in x inner_step (decoder steps on
+        the last); [update the mean code]; [refresh grids]
+
+    as `recipe` says. bank.occupancy (None: no skipping) holds the grids of all scenes.
+    stats["t_occ"], stats["t_rend"] get the seconds spent on the grids and the inner steps.
+    world and average: torchrun's ranks sharing the batch (inner_step, update_mean_code).
+    Returns the last inner step's per-scene losses (B,)."""
+    stats = {} if stats is None else stats
+    n_views = data["images"].shape[1]
+    occ_warmup = cfg.occ_warmup if occ_warmup is None else occ_warmup
+    refresh = bank.occupancy is not None and refresh_due(it, occ_warmup, recipe)
+    if recipe.init == "mean":
+        init_from_mean(bank, idx, mean_code)
+    t0 = time.perf_counter()
+    if refresh and recipe.occ_first:
+        bank.refresh_occupancy(decoder, cfg, idx, len(idx), generator, recipe.occ_jitter)
+    t1 = time.perf_counter()
+    for k in range(k_in):
+        losses = inner_step(bank, idx, decoder, opt_dec, data, cfg, n_views, recipe,
+                            prior_grad=prior_grad, step_decoder=(k == k_in - 1), generator=generator,
+                            max_rays_per_pass=max_rays_per_pass, stats=stats, world=world)
+    if recipe.init == "mean":
+        update_mean_code(bank, idx, mean_code, average=average)
+    t2 = time.perf_counter()
+    if refresh and not recipe.occ_first:
+        bank.refresh_occupancy(decoder, cfg, idx, len(idx), generator, recipe.occ_jitter)
+    stats["t_occ"], stats["t_rend"] = t1 - t0 + time.perf_counter() - t2, t2 - t1
+    return losses
+
+
 def train_autodecoder(cfg, scene_data: dict, iters: int, device="cpu", bank: CodeBank | None = None,
                       decoder: TriplaneDecoder | None = None, use_occupancy: bool = True,
-                      occ_every: int = 16, occ_warmup: int | None = None, progress: bool = True,
-                      log_every: int = 10, callback=None, max_seconds: float | None = None,
-                      train_decoder: bool = True, max_rays_per_pass: int = 2048):
+                      occ_every: int = TORCH_NGP_OCC_EVERY, occ_warmup: int | None = None,
+                      progress: bool = True, log_every: int = 10, callback=None,
+                      max_seconds: float | None = None, train_decoder: bool = True,
+                      max_rays_per_pass: int = 2048, recipe: Recipe | None = None):
     """Fit one code per scene and the shared decoder by Adam on the rendering loss.
 
     scene_data: SRNDataset.stack() dict; iters: iterations of a batch of
-    cfg.scenes_per_batch scenes x cfg.rays_per_scene rays. callback(it, bank, decoder) is
+    cfg.scenes_per_batch scenes x cfg.rays_per_scene rays, each one `autodecoder_iteration`
+    with K_in = 1 and `recipe` (default NOTEBOOK_RECIPE with the given occ_every;
+    STAGE1_RECIPE is the official stage 1). callback(it, bank, decoder) is
     called every log_every iterations (e.g. to render a held-out view). max_seconds stops
     early once that much wall-clock time has passed (benchmarks with a time budget).
-    Occupancy grids stay full for occ_warmup (default cfg.occ_warmup) iterations, then the
-    batch's grids are rebuilt every occ_every iterations (use_occupancy=False: no skipping).
+    Occupancy grids stay full for occ_warmup (default cfg.occ_warmup) iterations
+    (use_occupancy=False: no skipping).
     train_decoder=False keeps psi fixed and fits only the codes (new scenes, known decoder).
     The batch is rendered in passes of at most max_rays_per_pass rays (see
     backward_rendering_loss).
     Returns (bank, decoder, log); bank.occupancy holds the scenes' OccupancyGrid (or None).
     """
+    recipe = replace(NOTEBOOK_RECIPE, occ_every=occ_every) if recipe is None else recipe
     device = torch.device(device)
     data = to_device(scene_data, device)
     N, V = data["images"].shape[:2]
@@ -230,12 +362,12 @@ def train_autodecoder(cfg, scene_data: dict, iters: int, device="cpu", bank: Cod
     decoder = decoder.to(device).train()
     decoder.requires_grad_(train_decoder)
     opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr_decoder) if train_decoder else None
-    occ = getattr(bank, "occupancy", None)
-    if use_occupancy and occ is None:
-        occ = OccupancyGrid.full(N, cfg.occ_grid_res, device)
-    bank.occupancy = occ if use_occupancy else None
+    if use_occupancy and bank.occupancy is None:
+        bank.occupancy = OccupancyGrid.full(N, cfg.occ_grid_res, device)
+    if not use_occupancy:
+        bank.occupancy = None
+    mean_code = torch.zeros(bank.shape[1:], device=bank.device) if recipe.init == "mean" else None
     B = min(cfg.scenes_per_batch, N)
-    occ_warmup = cfg.occ_warmup if occ_warmup is None else occ_warmup
     log, stats = [], {}
     start = time.time()
     bar = tqdm(range(iters), desc="auto-decoder", disable=not progress)
@@ -243,16 +375,9 @@ def train_autodecoder(cfg, scene_data: dict, iters: int, device="cpu", bank: Cod
         idx = torch.randperm(N, generator=gen)[:B].to(device)
         for g in (opt.param_groups if opt is not None else []):       # linear warm-up
             g["lr"] = cfg.lr_decoder * min(1.0, (it + 1) / max(1, cfg.warmup))
-        rays = sample_rays(data, idx, cfg.rays_per_scene, gen)
-        if opt is not None:
-            opt.zero_grad(set_to_none=True)
-        loss = code_step(bank, idx, decoder, rays, cfg, V, cfg.lr_code, occupancy=bank.occupancy,
-                         generator=gen, max_rays_per_pass=max_rays_per_pass, stats=stats)
-        if opt is not None:
-            opt.step()
-        if bank.occupancy is not None and it >= occ_warmup and it % occ_every == 0:
-            field = make_field(decoder, bank.activated(idx).to(device))
-            bank.occupancy.refresh(field, idx, cfg.occ_threshold, generator=gen)
+        loss = autodecoder_iteration(bank, idx, decoder, opt, data, cfg, it, 1, recipe,
+                                     mean_code=mean_code, occ_warmup=occ_warmup, generator=gen,
+                                     max_rays_per_pass=max_rays_per_pass, stats=stats)
         out_of_time = max_seconds is not None and time.time() - start > max_seconds
         if it % log_every == 0 or it == iters - 1 or out_of_time:
             rec = {"iter": it, "time": time.time() - start, "loss": float(loss.mean()),
@@ -267,20 +392,5 @@ def train_autodecoder(cfg, scene_data: dict, iters: int, device="cpu", bank: Cod
             break
     decoder.requires_grad_(True).eval()
     if bank.occupancy is not None:                                       # fresh grids for rendering
-        refresh_occupancy(bank, decoder, cfg, batch=B, generator=gen)
+        bank.refresh_occupancy(decoder, cfg, batch=B, generator=gen, n_jitter=recipe.occ_jitter)
     return bank, decoder, log
-
-
-@torch.no_grad()
-def refresh_occupancy(bank: CodeBank, decoder, cfg, idx=None, batch: int = 8, generator=None):
-    """Rebuild bank.occupancy (creating it if needed) for scenes idx (default all) from
-    the current codes and decoder, `batch` scenes at a time. Returns the OccupancyGrid."""
-    if getattr(bank, "occupancy", None) is None:
-        bank.occupancy = OccupancyGrid.full(len(bank), cfg.occ_grid_res, bank.device)
-    idx = torch.arange(len(bank)) if idx is None else torch.as_tensor(idx).reshape(-1)
-    dev = next(decoder.parameters()).device
-    for i in range(0, len(idx), batch):
-        sub = idx[i:i + batch]
-        field = make_field(decoder, bank.activated(sub).to(dev))
-        bank.occupancy.refresh(field, sub, cfg.occ_threshold, generator=generator)
-    return bank.occupancy

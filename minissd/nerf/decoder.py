@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minissd.runtime import autocast
+
 
 class _TruncExp(torch.autograd.Function):
     """exp(x) forward; backward uses exp(clamp(x, -15, 15)) so gradients stay finite."""
@@ -92,9 +94,10 @@ class TriplaneDecoder(nn.Module):
     """psi: (feat (..., 3C), dirs (..., 3)) -> (sigma (...), rgb (..., 3))."""
 
     def __init__(self, code_ch: int, hidden: int = 64, sh_dim: int = 16,
-                 sigmoid_saturation: float = 1e-3):
+                 sigmoid_saturation: float = 1e-3, amp: str = "off"):
         super().__init__()
         self.code_ch, self.hidden = code_ch, hidden
+        self.amp = amp                 # cfg.amp: the linear layers under autocast (runtime.py)
         self.saturation = sigmoid_saturation
         self.base = nn.Linear(3 * code_ch, hidden)
         self.density_head = nn.Linear(hidden, 1)
@@ -108,17 +111,22 @@ class TriplaneDecoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> "TriplaneDecoder":
-        return cls(cfg.code_ch, cfg.dec_hidden)
+        return cls(cfg.code_ch, cfg.dec_hidden, amp=getattr(cfg, "amp", "off"))
 
     def density(self, feat: torch.Tensor) -> torch.Tensor:
         """sigma only (no colour branch): (..., 3C) -> (...)."""
-        return trunc_exp(self.density_head(F.silu(self.base(feat))).squeeze(-1))
+        with autocast(self.amp, feat.device, "decoder"):
+            d = self.density_head(F.silu(self.base(feat)))
+        return trunc_exp(d.float().squeeze(-1))
 
     def forward(self, feat: torch.Tensor, dirs: torch.Tensor):
-        h = self.base(feat)                                             # (..., hidden)
-        sigma = trunc_exp(self.density_head(F.silu(h)).squeeze(-1))     # (...)
-        g = F.silu(h + self.dir_net(sh_basis(dirs.to(h.dtype))))        # (..., hidden)
-        rgb = torch.sigmoid(self.color_head(g))                         # (..., 3)
+        with autocast(self.amp, feat.device, "decoder"):              # fp32 unless cfg.amp
+            h = self.base(feat)                                         # (..., hidden)
+            d = self.density_head(F.silu(h))                            # (..., 1)
+            g = F.silu(h + self.dir_net(sh_basis(dirs.to(feat.dtype))))  # (..., hidden)
+            c = self.color_head(g)                                      # (..., 3)
+        sigma = trunc_exp(d.float().squeeze(-1))                        # (...) activations in fp32
+        rgb = torch.sigmoid(c.float())                                  # (..., 3)
         if self.saturation:
             rgb = rgb * (1 + 2 * self.saturation) - self.saturation
         return sigma, rgb

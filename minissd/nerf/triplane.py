@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from minissd.nerf.occupancy import OccupancyGrid
+
 
 def code_activation(code_: torch.Tensor) -> torch.Tensor:
     """x = 2 tanh(code_): the code the decoder and the denoiser see."""
@@ -124,8 +126,8 @@ class CodeBank:
         self.exp_avg_sq = torch.zeros_like(self.codes_)
         self.step = torch.zeros(n_scenes, dtype=torch.long, device=self.device)
         self.betas, self.eps = tuple(betas), eps
-        # the scenes' empty-space grids (occupancy.OccupancyGrid, or None: no skipping);
-        # autodecoder.train_autodecoder / refresh_occupancy keep it current
+        # the scenes' empty-space grids (occupancy.OccupancyGrid, or None: no skipping), the
+        # one owner of them; the auto-decoder loop keeps them current (refresh_occupancy)
         self.occupancy = None
 
     def __len__(self) -> int:
@@ -156,6 +158,22 @@ class CodeBank:
         """The scenes of idx whose code has not been stepped yet."""
         idx = torch.as_tensor(idx, device=self.device)
         return idx[self.step[idx] == 0]
+
+    @torch.no_grad()
+    def refresh_occupancy(self, decoder, cfg, idx=None, batch: int = 8, generator=None,
+                          n_jitter: int = 4) -> OccupancyGrid:
+        """Rebuild self.occupancy (created all-occupied if None) for scenes idx (default all)
+        from the codes and decoder, `batch` scenes at a time, probing each cell's centre and
+        n_jitter random points. Returns the OccupancyGrid."""
+        if self.occupancy is None:
+            self.occupancy = OccupancyGrid.full(len(self), cfg.occ_grid_res, self.device)
+        idx = torch.arange(len(self)) if idx is None else torch.as_tensor(idx).reshape(-1)
+        dev = next(decoder.parameters()).device
+        for i in range(0, len(idx), batch):
+            sub = idx[i:i + batch]
+            field = make_field(decoder, self.activated(sub).to(dev))
+            self.occupancy.refresh(field, sub, cfg.occ_threshold, n_jitter, generator=generator)
+        return self.occupancy
 
     @torch.no_grad()
     def adam_step(self, idx: torch.Tensor, grad: torch.Tensor, lr: float):

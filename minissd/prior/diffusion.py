@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from minissd.nerf.triplane import code_activation, planes_to_image
 from minissd.prior.unet import UNet
+from minissd.runtime import autocast
 from minissd.utils import clip_x0, per_sample, randint, randn_like
 
 
@@ -123,6 +124,7 @@ class DiffusionPrior(nn.Module):
         self.omega = float(cfg.omega)
         self.clip = clip
         self.x0_ema_momentum = float(getattr(cfg, "x0_ema_momentum", 1e-3))
+        self.amp = getattr(cfg, "amp", "off")       # cfg.amp: the UNet under autocast (runtime.py)
         # EMA of mean(x0^2) over training batches; starts at 1 as in the official code
         self.register_buffer("x0_sq_ema", torch.ones(()))
 
@@ -131,9 +133,10 @@ class DiffusionPrior(nn.Module):
         stacked into the (B, 3C, R, R) image the UNet sees and unstacked after: the one
         place where the triplane layout changes (the official code converts in one place
         too). Any other shape (B, ...) goes to the network as it is (e.g. the 2-D toy)."""
-        if x_t.dim() == 5:
-            return self.unet(planes_to_image(x_t), t).view_as(x_t)
-        return self.unet(x_t, t)
+        with autocast(self.amp, x_t.device):
+            if x_t.dim() == 5:
+                return self.unet(planes_to_image(x_t), t).view_as(x_t).float()
+            return self.unet(x_t, t).float()
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x0_hat = alpha_t x_t - sigma_t v_hat, clipped to +-clip. x_t (B, ...), t (B,)."""

@@ -198,9 +198,10 @@ class ShardedTrainer(Trainer):
         self.n_global, self.names = self.n_scenes, list(self.data.get("names", []))
         self.shard = shard_of(self.n_global, self.r.rank, self.r.world)
         self.data = slice_scenes(self.data, self.shard, self.n_global)
+        grids = self.occupancy                               # all scenes' (the bank owns them)
         self.bank = CodeBank.from_state_dict(self._slice(self.bank.state_dict()), self.device)
-        self.occupancy = OccupancyGrid(self.occupancy.grid[self.shard.start:self.shard.stop].clone(),
-                                       self.occupancy.bound)
+        self.occupancy = OccupancyGrid(grids.grid[self.shard.start:self.shard.stop].clone(),
+                                       grids.bound)
         self.n_scenes = len(self.shard)
         self.gen.manual_seed(cfg.seed + RANK_SEED_STRIDE * self.r.rank)
         self.opt_dec = SyncedOptimizer(self.opt_dec)
@@ -223,12 +224,10 @@ class ShardedTrainer(Trainer):
         self.prior.x0_sq_ema.mul_(1 - m).add_(m * ms[0])
 
     @torch.no_grad()
-    def update_mean_code(self, idx: torch.Tensor, momentum: float = 1e-3):
-        """Trainer.update_mean_code with the global batch's mean code (stage 1 of the
-        two-stage baseline), so that mean_code stays the same on every rank."""
-        batch_mean = self.bank.activated(idx).mean(0)                   # (3, C, R, R)
-        sum_([batch_mean], self.r.world)
-        self.mean_code.mul_(1 - momentum).add_(momentum * batch_mean)
+    def average_over_ranks(self, t: torch.Tensor) -> None:
+        """t <- its mean over the ranks, in place: the global batch's mean code in stage 1
+        of the two-stage baseline (autodecoder.update_mean_code), the same on every rank."""
+        sum_([t], self.r.world)
 
     def sample_scenes(self, n: int | None = None) -> torch.Tensor:
         """This rank's part of the global batch: n / W scenes of its own shard (local ids)."""

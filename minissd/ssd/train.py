@@ -36,7 +36,9 @@ modes see the same rendering steps and denoiser updates, so the comparison is fa
 
 Gradients on codes are taken w.r.t. the pre-activation `code_` (x = 2 tanh(code_)).
 Losses are averaged over the scenes of a batch for both terms, as the E_i of eq. (1-2).
-lambda_diff = c_diff / EMA(mean(x0^2)) is read before the batch updates the EMA and is
+lambda_diff = c_diff / EMA(mean(x0^2)) is read before the batch updates the EMA; the EMA
+takes one batch per outer iteration (the line-4 batch, or stage 2's batch), as the official
+code's one diffusion loss per iteration does, whatever cfg.diff_steps, and it is
 never frozen (the official code freezes it at 100K iterations, far beyond our runs).
 The EMA of the decoder and denoiser weights ramps up as the official configs do
 (`ema.ema_beta_at`).
@@ -48,13 +50,15 @@ import time
 import torch
 
 from minissd.config import Config
-from minissd.nerf.autodecoder import code_step, sample_rays
+from minissd.nerf.autodecoder import (SINGLE_STAGE_RECIPE, STAGE1_RECIPE, autodecoder_iteration,
+                                      inner_step, refresh_due)
 from minissd.nerf.decoder import TriplaneDecoder
 from minissd.nerf.occupancy import OccupancyGrid
 from minissd.nerf.render import MAX_RAYS_PER_PASS
-from minissd.nerf.triplane import CodeBank, code_activation, make_field
+from minissd.nerf.triplane import CodeBank, code_activation
 from minissd.prior.diffusion import DiffusionPrior, prior_gradient
 from minissd.prior.ema import ema_beta_at, ema_copy, ema_update
+from minissd.runtime import GradScale
 from minissd.ssd.resume import Resumable
 from minissd.utils import evenly_spaced, to_device
 
@@ -78,6 +82,7 @@ class Trainer(Resumable):
     restricted to the training views.
     """
     ranks = 1     # torchrun: processes sharing the global batch (distributed.ShardedTrainer)
+    average_over_ranks = None   # torchrun: t -> its mean over the ranks, in place (ditto)
 
     def __init__(self, cfg: Config, scene_data: dict, mode: str = "single-stage",
                  device="cpu", out_dir: str | None = None, data_id: str = ""):
@@ -89,18 +94,37 @@ class Trainer(Resumable):
         self.data_id = data_id or f"{self.n_scenes}x{self.n_views}"
         torch.manual_seed(cfg.seed)
         self.bank = CodeBank(self.n_scenes, cfg.code_ch, cfg.code_res, device=self.device)
-        # per-scene occupancy grids for empty-space skipping (all cells occupied at first)
-        self.occupancy = OccupancyGrid.full(self.n_scenes, cfg.occ_grid_res, self.device)
-        self.decoder = TriplaneDecoder(cfg.code_ch, cfg.dec_hidden).to(self.device)
+        # per-scene occupancy grids for empty-space skipping (all cells occupied at first),
+        # owned by the bank (self.occupancy is an alias)
+        self.bank.occupancy = OccupancyGrid.full(self.n_scenes, cfg.occ_grid_res, self.device)
+        self.decoder = TriplaneDecoder(cfg.code_ch, cfg.dec_hidden, amp=cfg.amp).to(self.device)
         self.prior = DiffusionPrior(cfg).to(self.device)
         self.opt_dec = torch.optim.Adam(self.decoder.parameters(), lr=cfg.lr_decoder)
         self.opt_prior = torch.optim.Adam(self.prior.parameters(), lr=cfg.lr_denoiser)
+        self.grad_scale = GradScale(cfg.amp, self.device)     # loss scaling under amp=fp16
         self.ema_decoder, self.ema_prior = ema_copy(self.decoder), ema_copy(self.prior)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
         # running mean of the codes: stage 1 of the baseline starts new codes from it
         self.mean_code = torch.zeros(3, cfg.code_ch, cfg.code_res, cfg.code_res, device=self.device)
         self.it = 0
         self.log: list[dict] = []
+
+    @property
+    def occupancy(self) -> OccupancyGrid:
+        """The scenes' occupancy grids; CodeBank.occupancy owns them."""
+        return self.bank.occupancy
+
+    @occupancy.setter
+    def occupancy(self, grid: OccupancyGrid):
+        self.bank.occupancy = grid
+
+    @property
+    def recipe(self):
+        """How the auto-decoder half treats codes and grids (autodecoder.Recipe): the
+        paper's L2 regulariser in single-stage training, the official stage-1 choices (TV,
+        mean-code init) in the two-stage baseline; both refresh the batch's grids once per
+        outer iteration before rendering, as the official code does."""
+        return STAGE1_RECIPE if self.mode == "two-stage" else SINGLE_STAGE_RECIPE
 
     # ---------------------------------------------------------------- schedule ----
     @property
@@ -136,18 +160,22 @@ class Trainer(Resumable):
 
     # ------------------------------------------------------------ the steps ------
     def diffusion_grad(self, idx: torch.Tensor, step_denoiser: bool = True, t=None, noise=None,
-                       code_grad: bool = True):
+                       code_grad: bool = True, update_ema: bool = True):
         """Algorithm 1 lines 4-5: lambda_diff * L_diff on the batch's codes, a denoiser
         step, and the gradient on the codes returned as the cached prior gradient
         (None when code_grad=False: the codes are data, as in stage 2 of the baseline).
-        (t, noise) default to fresh draws from the trainer's generator."""
+        (t, noise) default to fresh draws from the trainer's generator. update_ema: feed
+        the batch's mean(x0^2) to the EMA behind lambda_diff (once per outer iteration)."""
         self.opt_prior.zero_grad(set_to_none=True)
         code_ = self.bank.get(idx)                                          # (B, 3, C, R, R)
         g, loss = prior_gradient(self.prior, code_, self.cfg.c_diff, generator=self.gen, t=t,
-                                 noise=noise, scale=1.0 / (len(idx) * self.ranks), code_grad=code_grad)  # line 4
+                                 noise=noise, scale=self.grad_scale.factor / (len(idx) * self.ranks),
+                                 code_grad=code_grad)                       # line 4
+        g = self.grad_scale.unscale(g)
         if step_denoiser:
-            self.opt_prior.step()                                           # line 5
-        self.prior.update_x0_ema(code_activation(code_.detach()))
+            self.grad_scale.step(self.opt_prior)                            # line 5
+        if update_ema:
+            self.prior.update_x0_ema(code_activation(code_.detach()))
         return g, loss
 
     def extra_denoiser_steps(self) -> float:
@@ -161,53 +189,39 @@ class Trainer(Resumable):
         losses = []
         for _ in range(self.cfg.diff_steps - 1):
             idx = self.sample_scenes(self.cfg.diff_batch or self.cfg.scenes_per_batch)
-            losses.append(self.diffusion_grad(idx, code_grad=False)[1])
+            losses.append(self.diffusion_grad(idx, code_grad=False, update_ema=False)[1])
         return sum(losses) / len(losses) if losses else float("nan")
 
     def rendering_step(self, idx: torch.Tensor, prior_grad, step_decoder: bool):
-        """Algorithm 1 lines 7-13: fresh rays, rendering gradient + cached prior gradient,
-        per-scene Adam step on the codes; the decoder steps only when `step_decoder`.
-
-        The batch is rendered in passes of at most MAX_RAYS_PER_PASS rays
-        (autodecoder.backward_rendering_loss): the same gradients, less memory."""
-        rays = sample_rays(self.data, idx, self.cfg.rays_per_scene, self.gen)   # line 7
-        self.decoder.zero_grad(set_to_none=True)
-        losses = code_step(self.bank, idx, self.decoder, rays, self.cfg, self.n_views,
-                           self.cfg.lr_code, prior_grad=prior_grad, occupancy=self.occupancy,
-                           generator=self.gen, scale=1.0 / (len(idx) * self.ranks), reg=self.code_reg,
-                           max_rays_per_pass=MAX_RAYS_PER_PASS)     # lines 8-10, mean over scenes
-        if step_decoder:                                                    # lines 11-13
-            self.opt_dec.step()
-        self.decoder.zero_grad(set_to_none=True)
+        """Algorithm 1 lines 7-13 once (autodecoder.inner_step): fresh rays, rendering
+        gradient + cached prior gradient, per-scene Adam step on the codes; the decoder
+        steps only when `step_decoder`. The batch is rendered in passes of at most
+        MAX_RAYS_PER_PASS rays (autodecoder.backward_rendering_loss). Returns the mean loss."""
+        losses = inner_step(self.bank, idx, self.decoder, self.opt_dec, self.data, self.cfg,
+                            self.n_views, self.recipe, prior_grad=prior_grad,
+                            step_decoder=step_decoder, generator=self.gen,
+                            world=self.ranks, max_rays_per_pass=MAX_RAYS_PER_PASS)
         return losses.mean().item()
-
-    @property
-    def code_reg(self) -> str:
-        """The code regulariser of the rendering loss: the paper's L2 term in single-stage
-        training, the official total-variation term in stage 1 of the baseline."""
-        return "tv" if self.mode == "two-stage" else "l2"
 
     @torch.no_grad()
     def refresh_batch_occupancy(self, idx: torch.Tensor):
         """Rebuild the batch's occupancy grids from the current density (once per outer
         iteration, as the official code does; cells stay occupied during warm-up)."""
-        if self.it >= self.cfg.occ_warmup:
-            field = make_field(self.decoder, self.bank.activated(idx))
-            self.occupancy.refresh(field, idx, self.cfg.occ_threshold, n_jitter=1,
-                                   generator=self.gen)
+        if refresh_due(self.it, self.cfg.occ_warmup, self.recipe):
+            self.bank.refresh_occupancy(self.decoder, self.cfg, idx, len(idx), self.gen,
+                                        self.recipe.occ_jitter)
 
-    @torch.no_grad()
-    def init_from_mean(self, idx: torch.Tensor):
-        """Stage 1 of the baseline starts each scene's code from the running mean code
-        when the scene is first drawn (the official `init_from_mean`)."""
-        new = self.bank.fresh(idx)
-        if len(new):
-            self.bank.set_activated(new, self.mean_code[None])
-
-    @torch.no_grad()
-    def update_mean_code(self, idx: torch.Tensor, momentum: float = 1e-3):
-        """EMA of the batch-mean activated code (official `mean_ema_update`, momentum 1e-3)."""
-        self.mean_code.mul_(1 - momentum).add_(momentum * self.bank.activated(idx).mean(0))
+    def autodecoder_half(self, idx: torch.Tensor, k_in: int, prior_grad=None) -> tuple:
+        """Lines 6-13 (with the cached prior gradient) or stage 1 of the baseline (None):
+        autodecoder.autodecoder_iteration with this trainer's recipe. Returns (mean loss of
+        the last inner step, seconds on the grids, seconds rendering)."""
+        stats = {}
+        losses = autodecoder_iteration(self.bank, idx, self.decoder, self.opt_dec, self.data,
+                                       self.cfg, self.it, k_in, self.recipe, prior_grad=prior_grad,
+                                       mean_code=self.mean_code, generator=self.gen,
+                                       max_rays_per_pass=MAX_RAYS_PER_PASS, stats=stats,
+                                       world=self.ranks, average=self.average_over_ranks)
+        return losses.mean().item(), stats["t_occ"], stats["t_rend"]
 
     def single_stage_step(self) -> dict:
         """One outer iteration of Algorithm 1, line by line."""
@@ -216,27 +230,16 @@ class Trainer(Resumable):
         g_diff, loss_diff = self.diffusion_grad(idx)                       # lines 4-5
         extra = self.extra_denoiser_steps()                                # cfg.diff_steps
         t1 = time.perf_counter()
-        self.refresh_batch_occupancy(idx)
-        t2 = time.perf_counter()
-        for k in range(k_in):                                              # lines 6-13
-            loss_rend = self.rendering_step(idx, g_diff, step_decoder=(k == k_in - 1))
-        t3 = time.perf_counter()
-        return self.end_iteration("single-stage", k_in, loss_rend, loss_diff, t1 - t0, t3 - t2,
-                                  t2 - t1, extra)
+        loss_rend, t_occ, t_rend = self.autodecoder_half(idx, k_in, g_diff)   # lines 6-13
+        return self.end_iteration("single-stage", k_in, loss_rend, loss_diff, t1 - t0, t_rend,
+                                  t_occ, extra)
 
     def stage1_step(self) -> dict:
         """Two-stage baseline, stage 1: the rendering half of Algorithm 1 with no prior
-        gradient (an auto-decoder), the same K_in schedule and the TV code regulariser."""
+        gradient (an auto-decoder), the same K_in schedule, the official stage-1 recipe."""
         idx, k_in = self.sample_scenes(), self.cfg.k_in(self.it)
-        self.init_from_mean(idx)
-        t0 = time.perf_counter()
-        self.refresh_batch_occupancy(idx)
-        t1 = time.perf_counter()
-        for k in range(k_in):
-            loss_rend = self.rendering_step(idx, None, step_decoder=(k == k_in - 1))
-        self.update_mean_code(idx)
-        t2 = time.perf_counter()
-        return self.end_iteration("stage1", k_in, loss_rend, float("nan"), 0.0, t2 - t1, t1 - t0)
+        loss_rend, t_occ, t_rend = self.autodecoder_half(idx, k_in)
+        return self.end_iteration("stage1", k_in, loss_rend, float("nan"), 0.0, t_rend, t_occ)
 
     def stage2_step(self) -> dict:
         """Two-stage baseline, stage 2: codes and decoder frozen; exactly the denoiser
