@@ -126,9 +126,9 @@ def cli_worker(rank, world, port, data, out, iters, resume, nan_at):
     join(rank, world, port)
     from minissd.cli import main
     if rank == 1 and nan_at:
-        real = Trainer.rendering_step
-        Trainer.rendering_step = lambda self, *a, **k: (
-            real(self, *a, **k) * (float("nan") if self.it + 1 >= nan_at else 1.0))
+        real = Trainer.autodecoder_half                 # (loss_rend, t_occ, t_rend)
+        Trainer.autodecoder_half = lambda self, *a, **k: (lambda r: (
+            r[0] * (float("nan") if self.it + 1 >= nan_at else 1.0),) + r[1:])(real(self, *a, **k))
     err, outp = io.StringIO(), io.StringIO()
     argv = ["train", "--preset", "smoke", "--data", data, "--out", out, "--iters", str(iters),
             "--set", "image_res=16", "--set", "rays_per_scene=32", "--set", "n_samples=8",
