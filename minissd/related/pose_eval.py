@@ -56,8 +56,9 @@ def _fit(model, views: dict, seed: int):
 
 
 def evaluate_pose_scene(model, scene: dict, input_id: int, eval_ids, pcfg: PoseConfig,
-                        seed: int = 0, true_pose: bool = True) -> dict:
-    """One object: pose errors, and PSNR/SSIM with the estimated (and the true) camera."""
+                        seed: int = 0, true_pose: bool = True, figure: str | None = None) -> dict:
+    """One object: pose errors, and PSNR/SSIM with the estimated (and the true) camera.
+    figure: a PNG path for the panels (save_unposed_figure)."""
     dev = model.codes.device
     image, K = scene["images"][input_id].to(dev), _view_K(scene, input_id).to(dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -79,7 +80,37 @@ def evaluate_pose_scene(model, scene: dict, input_id: int, eval_ids, pcfg: PoseC
         pred_t = _render(model, _fit(model, views, FINETUNE_SEED + seed), ev["c2w"], ev["K"], res)
         row.update(PSNR_true_pose=float(metrics.psnr(pred_t, ev["images"]).mean()),
                    SSIM_true_pose=float(metrics.ssim(pred_t, ev["images"]).mean()))
+    if figure:
+        at_est = _render(model, code_est, est["c2w"][None].cpu(), K.cpu(), res)[0]
+        save_unposed_figure(image.cpu(), at_est, pred, ev["images"], row, figure)
     return row
+
+
+def save_unposed_figure(image, at_est, preds, gts, row: dict, path: str, n_novel: int = 5) -> str:
+    """PNG: the unposed input, the reconstruction rendered at the ESTIMATED camera blended
+    over it, then novel views (true cameras) over their ground truth."""
+    import os
+    from matplotlib.figure import Figure
+    k = min(n_novel, len(preds))
+    fig = Figure(figsize=(1.6 * max(k, 2), 5))
+    axes = fig.subplots(3, max(k, 2), squeeze=False)
+    for a in axes.ravel():
+        a.axis("off")
+    axes[0, 0].imshow(image.clamp(0, 1).numpy())
+    axes[0, 0].set_title("unposed input", fontsize=8)
+    axes[0, 1].imshow((0.5 * at_est.clamp(0, 1) + 0.5 * image.clamp(0, 1)).numpy())
+    axes[0, 1].set_title("render at est. pose\nover the input", fontsize=8)
+    sel = [round(j * (len(preds) - 1) / max(1, k - 1)) for j in range(k)]
+    for j, i in enumerate(sel):
+        axes[1, j].imshow(preds[i].clamp(0, 1).numpy())
+        axes[1, j].set_title("novel view", fontsize=8)
+        axes[2, j].imshow(gts[i].clamp(0, 1).numpy())
+        axes[2, j].set_title("truth", fontsize=8)
+    fig.suptitle(f"{row['scene']}: rotation error {row['rot_err_deg']:.1f} deg, translation "
+                 f"{100 * row['trans_err_rel']:.1f} %, PSNR {row['PSNR']:.2f} dB", fontsize=9)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
 
 
 def summarise(rows: list) -> dict:
