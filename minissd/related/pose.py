@@ -175,7 +175,19 @@ def pose_step(field, opt, step: int, c2w0: torch.Tensor, p: torch.Tensor, K: tor
     return float(loss.detach())
 
 
-def _best_of_starts(starts, run, pcfg: PoseConfig, callback=None):
+def _record(state: dict, step: int, c2w, code, loss: float, callback=None) -> None:
+    state["losses"].append(loss)
+    state["history"].append(c2w)
+    if callback is not None:
+        callback(step, c2w, code, loss)
+
+
+def _result(best: dict, starts, **code) -> dict:
+    return {"c2w": best["history"][-1], **code, "history": best["history"], "losses": best["losses"],
+            "starts": starts, "probe_losses": best["probe_losses"]}
+
+
+def _best_of_starts(starts, run, pcfg: PoseConfig):
     """Run `run(c2w0, n_steps, state)` on every start for probe_steps, continue the one
     with the lowest mean loss of its last 10 steps to pcfg.steps. Returns its state."""
     probes = []
@@ -212,15 +224,11 @@ def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConf
                              model.cfg.n_samples, model.cfg.near_min,
                              extra=lambda: pcfg.code_reg * codes.norm(dim=-1).sum(),
                              generator=generator)
-            c2w = camera(c2w0, p).detach()
-            state["losses"].append(loss), state["history"].append(c2w)
-            if callback is not None:
-                callback(step, c2w, codes.detach(), loss)
+            _record(state, step, camera(c2w0, p).detach(), codes.detach(), loss, callback)
         return state
 
-    best = _best_of_starts(starts, run, pcfg, callback)
-    return {"c2w": best["history"][-1], "codes": best["codes"].detach(), "history": best["history"],
-            "losses": best["losses"], "starts": starts, "probe_losses": best["probe_losses"]}
+    best = _best_of_starts(starts, run, pcfg)
+    return _result(best, starts, codes=best["codes"].detach())
 
 
 # ------------------------------------------------------------------ SSDNeRF
@@ -260,14 +268,11 @@ def unposed_ssdnerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfi
                 code_step(bank, idx, model.decoder, RayBatch(o[None], d[None], y[None]), cfg, 1,
                           halved_lr(pcfg.lr_code, step), prior_grad=state["g_diff"],
                           generator=generator, c_rend=tcfg.ft_c_rend)
-            state["losses"].append(loss), state["history"].append(c2w)
-            if callback is not None:
-                callback(step, c2w, bank.activated(), loss)
+            _record(state, step, c2w, bank.activated(), loss, callback)
         return state
 
-    best = _best_of_starts(starts, run, pcfg, callback)
-    return {"c2w": best["history"][-1], "code": best["bank"].activated(), "history": best["history"],
-            "losses": best["losses"], "starts": starts, "probe_losses": best["probe_losses"]}
+    best = _best_of_starts(starts, run, pcfg)
+    return _result(best, starts, code=best["bank"].activated())
 
 
 def unposed(model, image, K, pcfg=None, generator=None, callback=None) -> dict:
