@@ -194,7 +194,7 @@ def posed_step(model, codes, opt, step, c2w, K, image, rays=1024, lr=1e-2, reg=1
     loss = code_loss(model, codes, c2w, K, uv, y, reg, generator)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def fit_codes_posed(model: CodeNeRF, image: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
