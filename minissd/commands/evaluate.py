@@ -44,8 +44,9 @@ def add_arguments(p):
     p.add_argument("--ckpt", required=True, help="model file (single-stage, or the one to evaluate)")
     p.add_argument("--ckpt2", help="two-stage model file (needed by ablation A1)")
     p.add_argument("--data", required=True, help="SRN-format folder of test scenes")
-    p.add_argument("--task", default="recon", choices=["recon", "generation"],
-                   help="reconstruction (PSNR/SSIM/LPIPS/FID) or generation (FID/KID/COV/MMD)")
+    p.add_argument("--task", default="recon", choices=["recon", "generation", "pose"],
+                   help="reconstruction (PSNR/SSIM/LPIPS/FID), generation (FID/KID/COV/MMD), or "
+                        "pose: 1 UNPOSED view, pose errors + PSNR/SSIM (CodeNeRF or SSDNeRF file)")
     p.add_argument("--ablation", nargs="+", choices=list(ABLATIONS), help="run these rows of Table 3")
     p.add_argument("--input-views", type=non_negative(), nargs="+", default=[64],
                    help="paper view ids of 251 (64; 64 104), scaled on shorter spirals")
@@ -90,7 +91,38 @@ def check_pair(model, model2, ckpt: str, ckpt2: str) -> None:
                         "with like")
 
 
+def run_pose(args):
+    """--task pose: minissd/related/pose_eval.py on either kind of model file."""
+    from minissd.related.codenerf import load_any
+    from minissd.related.pose_eval import evaluate_pose, pose_table
+    if len(args.input_views) != 1:
+        raise UserError(f"--input-views {args.input_views}: --task pose takes one unposed view")
+    check_input_views(args.input_views, args.data)
+    try:
+        model = load_any(args.ckpt, device=pick_device(args.device))
+    except ValueError as e:
+        raise UserError(f"--ckpt {args.ckpt}: not a CodeNeRF or SSDNeRF model file "
+                        f"({str(e).splitlines()[0][:200]})") from None
+    if len(SRNDataset(args.data)) == 0:
+        raise UserError(f"--data {args.data}: no scenes")
+    res = evaluate_pose(model, args.data, n_scenes=args.scenes, input_view=args.input_views[0],
+                        eval_every=args.eval_every, seed=args.seed,
+                        on_row=lambda r: write_json({"args": vars(args), "results": r,
+                                                     "partial": True}, args.json))
+    table = pose_table({f"{res['model']} ({os.path.basename(args.ckpt)})": res})
+    print(table)
+    write_json({"args": vars(args), "results": res, "table": table}, args.json)
+    print(f"-> {args.json}")
+    return 0
+
+
 def run(args):
+    if args.task == "pose":
+        for flag, path in (("--ckpt", args.ckpt), ("--data", args.data)):
+            if not os.path.exists(path):
+                raise SystemExit(f"{flag} {path}: no such {'file' if flag == '--ckpt' else 'folder'}")
+        writable_file(args.json, "--json")
+        return run_pose(args)
     for flag, path in (("--ckpt", args.ckpt), ("--ckpt2", args.ckpt2)):
         if path and not os.path.isfile(path):
             raise SystemExit(f"{flag} {path}: no such file")

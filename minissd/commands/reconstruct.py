@@ -39,9 +39,47 @@ def add_arguments(p):
     p.add_argument("--mesh", action="store_true",
                    help="also write a coloured mesh of every reconstruction (<scene>.ply; export-mesh)")
     add_mesh_flags(p, default_resolution=128)
+    p.add_argument("--unposed", action="store_true",
+                   help="ONE input view whose camera is not given: estimate it (grid search + "
+                        "SO(3) optimisation, minissd/related/pose.py); works with a CodeNeRF "
+                        "or an SSDNeRF model file; writes the panels and pose errors")
+
+
+def run_unposed(args):
+    """--unposed: pose_eval.evaluate_pose_scene on each scene, one figure per scene."""
+    from minissd.related.codenerf import load_any
+    from minissd.related.pose import PoseConfig
+    from minissd.related.pose_eval import evaluate_pose_scene, summarise
+    from minissd.eval.evaluate import eval_view_ids
+    if len(args.input_views) != 1:
+        raise SystemExit(f"--input-views {args.input_views}: --unposed takes one view")
+    model = load_any(args.ckpt, device=pick_device(args.device))
+    ds = SRNDataset(args.data, resolution=model.cfg.image_res)
+    rows = []
+    for i in tqdm(range(min(len(ds), args.scenes or len(ds))), desc="reconstruct (unposed)"):
+        scene = ds[i]
+        V, v = scene["images"].shape[0], args.input_views[0]
+        if not 0 <= v < V:
+            raise SystemExit(f"{args.data}/{scene['name']}: has {V} views, no view {v}")
+        ev_ids = eval_view_ids(V, [v], max(1, (V - 1) // (args.max_eval or V)))
+        rows.append(evaluate_pose_scene(model, scene, v, ev_ids, PoseConfig(), args.seed + i,
+                                        true_pose=False,
+                                        figure=os.path.join(args.out, f"{scene['name']}_unposed.png")))
+        tqdm.write(f"{scene['name']}: rotation error {rows[-1]['rot_err_deg']:.1f} deg, "
+                   f"PSNR {rows[-1]['PSNR']:.2f} dB")
+    write_json({"ckpt": args.ckpt, "data": args.data, **summarise(rows), "scenes": rows},
+               os.path.join(args.out, "metrics.json"))
+    print(f"-> {os.path.join(args.out, 'metrics.json')}")
+    return 0
 
 
 def run(args):
+    if args.unposed:
+        for flag, path, ok in (("--ckpt", args.ckpt, os.path.isfile), ("--data", args.data, os.path.isdir)):
+            if not ok(path):
+                raise SystemExit(f"{flag} {path}: not found")
+        writable_dir(args.out, "--out")
+        return run_unposed(args)
     require_positive(args, "steps")
     for flag, path, ok in (("--ckpt", args.ckpt, os.path.isfile), ("--data", args.data, os.path.isdir)):
         if not ok(path):

@@ -18,8 +18,9 @@ from minissd.ssd.train import MODES
 
 
 def add_arguments(p):
-    p.add_argument("--model", default="ssdnerf", choices=["ssdnerf", "diffrf"],
-                   help="ssdnerf (this package), or the DiffRF voxel baseline (minissd/related/)")
+    p.add_argument("--model", default="ssdnerf", choices=["ssdnerf", "codenerf", "diffrf"],
+                   help="ssdnerf (this package), or a baseline of minissd/related/: the CodeNeRF "
+                        "auto-decoder (codenerf.py) or the DiffRF voxel diffusion (diffrf.py)")
     p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "gpu", "paper"],
                    help="starting config (config.py); --config and --set change it")
     p.add_argument("--mode", default="single-stage", choices=list(MODES),
@@ -74,6 +75,8 @@ def interrupted(args, argv) -> str:
 
 
 def run(args):
+    if getattr(args, "model", "ssdnerf") == "codenerf":
+        return run_codenerf(args)
     if getattr(args, "model", "ssdnerf") == "diffrf":      # the DiffRF baseline: its own trainer
         from minissd.related.diffrf_train import run_cli
         return run_cli(args)
@@ -103,3 +106,23 @@ def run(args):
         path = model.save(os.path.join(args.out, "model.pt"))
     print(f"checkpoint: {tr.ckpt_path()}\nmodel for sampling/reconstruction: {path}\n"
           f"log: {os.path.join(args.out, 'log.jsonl')}\nconfig: {os.path.join(args.out, 'config.json')}")
+
+
+def run_codenerf(args):
+    """--model codenerf: the CodeNeRF baseline on the preset's training data (same cars)."""
+    from minissd.related.codenerf import CodeNeRFConfig
+    from minissd.related.codenerf_fit import train_codenerf
+    over = CodeNeRFConfig.parse_overrides(args.set)
+    over.update({k: v for k, v in (("iters", args.iters), ("views_per_scene", args.views_per_scene),
+                                   ("seed", args.seed)) if v is not None})
+    cfg = CodeNeRFConfig.from_preset(args.preset, **over)
+    if not os.path.isdir(args.data):
+        raise SystemExit(f"--data {args.data}: no such folder")
+    writable_dir(args.out, "--out")
+    if os.path.exists(os.path.join(args.out, "checkpoint.pt")) and not args.resume:
+        raise SystemExit(f"{args.out} already holds a checkpoint: pass --resume to continue it, "
+                         "or choose another --out")
+    t0 = time.time()
+    model = train_codenerf(cfg, args.data, args.out, device=args.device, resume=args.resume)
+    print(f"CodeNeRF model: {os.path.join(args.out, 'model.pt')} ({time.time() - t0:.0f} s, "
+          f"last PSNR {model.log[-1]['psnr']:.2f} dB on training rays)")

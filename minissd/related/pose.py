@@ -1,0 +1,281 @@
+"""Reconstruction from ONE UNPOSED image: the camera is optimised with the code(s)
+(CodeNeRF's eq. 5; the official code never released it, a third-party variant is
+yuliangguo/code-nerf src/optimizer_srn.py `optimize_objs_w_pose`).
+
+The camera. A start camera c2w_0 = [R_0 | t_0] (looking at the object) is moved by
+p = (omega, rho, delta) in R^3 x R x R^3:
+
+    R = exp([omega]_x) R_0,     t = e^rho exp([omega]_x) t_0 + delta          (camera())
+
+i.e. a rotation of the camera ABOUT THE OBJECT by the axis-angle omega (SO(3)'s
+exponential map, Rodrigues' formula: exp([w]_x) = I + sin|w|/|w| [w]_x + (1 - cos|w|)/|w|^2 [w]_x^2),
+a change of distance e^rho and a shift delta. p = 0 is the start camera; every p gives a
+valid rotation, and the rays (cameras.rays_at_pixels) are differentiable in p.
+
+The protocol (nothing comes from the ground-truth pose):
+  1. grid search: render the category's MEAN code (CodeNeRF: mean embedding; SSDNeRF: the
+     mean training triplane) from cameras on the viewing sphere (n_azimuth x elevations at
+     the category's camera distance, looking at the origin) and rank them by the
+     photometric loss against the downsampled input image (`grid_search`);
+  2. starts: the best `starts` cameras at least min_sep degrees apart, plus the best one
+     turned by 180 degrees about the vertical (a car's front and back look alike)
+     (`pick_starts`);
+  3. each start is optimised for `probe_steps`; the one with the lowest rendering loss
+     continues to `steps` in all (`unposed_codenerf`, `unposed_ssdnerf`).
+The pose step is the same for both models (`pose_step`): fresh random pixels, rays from
+the current camera, rendering MSE, Adam, lr halved every 50 steps (the official posed
+schedule). CodeNeRF moves the codes in the same step (jointly, + 1e-4 (|z_s| + |z_t|));
+SSDNeRF alternates one pose step with one code step of finetuning (eq. 7: rendering +
+cached prior gradient, `nerf.autodecoder.code_step`), then, once the pose has settled,
+re-runs its usual guided sampling + finetuning at the estimated camera.
+
+Errors: rotation error = the angle of R_est^T R_gt in degrees; translation error =
+|t_est - t_gt| / |t_gt| (camera centres).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+
+import torch
+import torch.nn.functional as F
+
+from minissd.data.cameras import CAMERA_RADIUS, look_at, rays_at_pixels, sphere_to_xyz
+from minissd.nerf.autodecoder import RayBatch, code_step
+from minissd.nerf.render import render_image, render_rays
+from minissd.nerf.triplane import CodeBank
+from minissd.prior.diffusion import prior_gradient
+from minissd.related.codenerf_fit import halved_lr, sample_pixels
+
+
+@dataclass(frozen=True)
+class PoseConfig:
+    n_azimuth: int = 16              # grid: azimuths on the viewing sphere
+    elevations: tuple = (10.0, 30.0, 50.0)   # grid: elevations (degrees)
+    radius: float = CAMERA_RADIUS    # the category's camera distance (start of rho = 0)
+    grid_res: int = 16               # grid search renders at this resolution
+    starts: int = 3                  # best grid cameras optimised (+ the front/back flip)
+    min_sep: float = 40.0            # degrees between two starts
+    probe_steps: int = 40            # steps per start before the best one is kept
+    steps: int = 200                 # steps in all for the kept start
+    rays: int = 512                  # pixels per step
+    lr_pose: float = 1e-2            # Adam on p = (omega, rho, delta)
+    lr_code: float = 1e-2            # CodeNeRF codes: AdamW (official posed lr); SSDNeRF code_step
+    code_reg: float = 1e-4           # CodeNeRF: 1e-4 (|z_s| + |z_t|)
+    prior_every: int = 4             # SSDNeRF: one denoiser pass per this many code steps
+
+
+# ------------------------------------------------------------------ SO(3) and cameras
+def hat(w: torch.Tensor) -> torch.Tensor:
+    """[w]_x: (..., 3) -> (..., 3, 3) with [w]_x v = w x v."""
+    z = torch.zeros_like(w[..., 0])
+    return torch.stack([torch.stack([z, -w[..., 2], w[..., 1]], -1),
+                        torch.stack([w[..., 2], z, -w[..., 0]], -1),
+                        torch.stack([-w[..., 1], w[..., 0], z], -1)], -2)
+
+
+def so3_exp(w: torch.Tensor) -> torch.Tensor:
+    """exp([w]_x) by Rodrigues' formula: axis-angle (..., 3) -> rotation (..., 3, 3), with
+    Taylor series for sin(a)/a and (1 - cos a)/a^2 below a = 1e-3 (finite gradient at 0)."""
+    a2 = (w * w).sum(-1)[..., None, None]                               # (..., 1, 1)
+    small = a2 < 1e-6
+    a = a2.clamp_min(1e-12).sqrt()
+    A = torch.where(small, 1 - a2 / 6, torch.sin(a) / a)
+    B = torch.where(small, 0.5 - a2 / 24, (1 - torch.cos(a)) / a2.clamp_min(1e-12))
+    K = hat(w)
+    return torch.eye(3, dtype=w.dtype, device=w.device) + A * K + B * (K @ K)
+
+
+def camera(c2w0: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The camera c2w (4, 4) of parameters p = (omega, rho, delta) (7,) from c2w0 (4, 4)."""
+    R = so3_exp(p[:3])
+    top = torch.cat([R @ c2w0[:3, :3], (torch.exp(p[3]) * (R @ c2w0[:3, 3]) + p[4:7])[:, None]], 1)
+    return torch.cat([top, c2w0[3:]], 0)
+
+
+def rotation_error_deg(R_est: torch.Tensor, R_gt: torch.Tensor) -> torch.Tensor:
+    """Angle of R_est^T R_gt in degrees: (..., 3, 3) -> (...)."""
+    tr = (R_est.transpose(-1, -2) @ R_gt).diagonal(dim1=-2, dim2=-1).sum(-1)
+    return torch.rad2deg(torch.acos(((tr - 1) / 2).clamp(-1.0, 1.0)))
+
+
+def pose_errors(c2w_est: torch.Tensor, c2w_gt: torch.Tensor) -> tuple[float, float]:
+    """(rotation error in degrees, relative translation error |t_est - t_gt| / |t_gt|)."""
+    rot = rotation_error_deg(c2w_est[:3, :3], c2w_gt[:3, :3])
+    t_est, t_gt = c2w_est[:3, 3], c2w_gt[:3, 3]
+    return float(rot), float((t_est - t_gt).norm() / t_gt.norm())
+
+
+def sphere_grid(pcfg: PoseConfig) -> torch.Tensor:
+    """Grid cameras on the viewing sphere looking at the origin: (n_az * n_el, 4, 4)."""
+    az = torch.arange(pcfg.n_azimuth) * (2 * math.pi / pcfg.n_azimuth)
+    el = torch.deg2rad(torch.tensor(pcfg.elevations, dtype=torch.float32))
+    A, E = torch.meshgrid(az, el, indexing="ij")
+    return look_at(sphere_to_xyz(pcfg.radius, A.reshape(-1), E.reshape(-1)))
+
+
+def flip(c2w: torch.Tensor) -> torch.Tensor:
+    """The camera turned by 180 degrees about the vertical (z) axis through the object."""
+    Rz = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=c2w.dtype, device=c2w.device))
+    out = c2w.clone()
+    out[..., :3, :] = Rz @ c2w[..., :3, :]
+    return out
+
+
+@torch.no_grad()
+def grid_search(field, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig, n_samples: int,
+                near_min: float = 0.2):
+    """Rank the grid cameras by the MSE of `field` (one object) rendered at grid_res
+    against the downsampled image (H, W, 3). Returns (cameras (P, 4, 4), losses (P,)),
+    best first."""
+    cams = sphere_grid(pcfg).to(image.device)
+    r = pcfg.grid_res
+    small = F.interpolate(image.permute(2, 0, 1)[None], size=(r, r), mode="area")[0].permute(1, 2, 0)
+    Ks = K.clone()
+    Ks[:2] *= r / image.shape[0]
+    pred = render_image(field, cams[None], Ks, r, r, n_samples, near_min=near_min)["rgb"][0]
+    loss = (pred - small).pow(2).mean(dim=(1, 2, 3))
+    order = loss.argsort()
+    return cams[order], loss[order]
+
+
+def pick_starts(cams: torch.Tensor, losses: torch.Tensor, pcfg: PoseConfig) -> torch.Tensor:
+    """The best `starts` cameras at least min_sep degrees apart, and the flip of the best."""
+    keep = []
+    for i in range(len(cams)):
+        if all(float(rotation_error_deg(cams[i, :3, :3], cams[j, :3, :3])) >= pcfg.min_sep
+               for j in keep):
+            keep.append(i)
+        if len(keep) == pcfg.starts:
+            break
+    starts = [cams[i] for i in keep] + [flip(cams[keep[0]])]
+    return torch.stack(starts)
+
+
+# ------------------------------------------------------------------ one step, both models
+def pose_step(field, opt, step: int, c2w0: torch.Tensor, p: torch.Tensor, K: torch.Tensor,
+              image: torch.Tensor, pcfg: PoseConfig, n_samples: int, near_min: float = 0.2,
+              extra=None, generator=None) -> float:
+    """One Adam step of the rendering MSE at random pixels of image (H, W, 3) through the
+    camera camera(c2w0, p); opt holds p (and, for CodeNeRF, the codes inside `field`,
+    with extra() their regulariser). Every group's lr is its base lr halved every 50 steps."""
+    for g in opt.param_groups:
+        g.setdefault("base_lr", g["lr"])
+        g["lr"] = halved_lr(g["base_lr"], step)
+    uv, y = sample_pixels(image, pcfg.rays, generator)
+    opt.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        o, d = rays_at_pixels(camera(c2w0, p).expand(len(uv), 4, 4), K, uv)
+        out = render_rays(field, o[None], d[None], n_samples, near_min=near_min,
+                          stratified=True, generator=generator)
+        loss = (out["rgb"][0] - y).pow(2).mean()
+        total = loss + (extra() if extra is not None else 0.0)
+        total.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def _record(state: dict, step: int, c2w, code, loss: float, callback=None) -> None:
+    state["losses"].append(loss)
+    state["history"].append(c2w)
+    if callback is not None:
+        callback(step, c2w, code, loss)
+
+
+def _result(best: dict, starts, **code) -> dict:
+    return {"c2w": best["history"][-1], **code, "history": best["history"], "losses": best["losses"],
+            "starts": starts, "probe_losses": best["probe_losses"]}
+
+
+def _best_of_starts(starts, run, pcfg: PoseConfig):
+    """Run `run(c2w0, n_steps, state)` on every start for probe_steps, continue the one
+    with the lowest mean loss of its last 10 steps to pcfg.steps. Returns its state."""
+    probes = []
+    for c2w0 in starts:
+        state = run(c2w0, pcfg.probe_steps, None)
+        probes.append((sum(state["losses"][-10:]) / len(state["losses"][-10:]), state))
+    best = min(probes, key=lambda t: t[0])[1]
+    best["probe_losses"] = [float(t[0]) for t in probes]
+    return run(best["c2w0"], pcfg.steps - pcfg.probe_steps, best)
+
+
+# ------------------------------------------------------------------ CodeNeRF
+def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig | None = None,
+                     generator=None, callback=None) -> dict:
+    """Pose and codes of one unposed image (H, W, 3) (CodeNeRF eq. 5). Returns {"c2w" (4, 4),
+    "codes" (1, 2, D), "history": [c2w after each step], "losses", "starts", "probe_losses"}.
+    callback(step, c2w, codes, loss) after every step of every start."""
+    pcfg = pcfg or PoseConfig()
+    cams, losses = grid_search(model.field(model.mean_code()), image, K, pcfg, model.cfg.n_samples,
+                               model.cfg.near_min)
+    starts = pick_starts(cams, losses, pcfg)
+
+    def run(c2w0, n, state):
+        if state is None:
+            codes = model.mean_code().clone().requires_grad_(True)
+            p = torch.zeros(7, device=image.device, requires_grad=True)
+            opt = torch.optim.AdamW([{"params": [codes], "lr": pcfg.lr_code},
+                                     {"params": [p], "lr": pcfg.lr_pose, "weight_decay": 0.0}])
+            state = {"c2w0": c2w0, "codes": codes, "p": p, "opt": opt, "losses": [], "history": []}
+        codes, p = state["codes"], state["p"]
+        for _ in range(n):
+            step = len(state["losses"])
+            loss = pose_step(model.field(codes), state["opt"], step, c2w0, p, K, image, pcfg,
+                             model.cfg.n_samples, model.cfg.near_min,
+                             extra=lambda: pcfg.code_reg * codes.norm(dim=-1).sum(),
+                             generator=generator)
+            _record(state, step, camera(c2w0, p).detach(), codes.detach(), loss, callback)
+        return state
+
+    best = _best_of_starts(starts, run, pcfg)
+    return _result(best, starts, codes=best["codes"].detach())
+
+
+# ------------------------------------------------------------------ SSDNeRF
+def unposed_ssdnerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig | None = None,
+                    generator=None, callback=None) -> dict:
+    """The camera of one unposed image for an SSDNeRF `Model`: from the mean training
+    triplane, alternate a pose step (code fixed) and a code step (pose fixed; rendering +
+    the cached prior gradient of eq. 7, one denoiser pass every prior_every steps). The
+    caller then reconstructs at result["c2w"] with guided sampling + finetuning
+    (`testtime.reconstruct.reconstruct`). Returns {"c2w", "code" (1, 3, C, R, R), "history",
+    "losses", "starts", "probe_losses"}."""
+    pcfg = pcfg or PoseConfig()
+    cfg, tcfg = model.cfg, model.test
+    mean = model.codes.mean(dim=0, keepdim=True)                         # (1, 3, C, R, R)
+    cams, losses = grid_search(model.field(mean), image, K, pcfg, cfg.n_samples, cfg.near_min)
+    starts = pick_starts(cams, losses, pcfg)
+    idx = torch.zeros(1, dtype=torch.long, device=image.device)
+
+    def run(c2w0, n, state):
+        if state is None:
+            p = torch.zeros(7, device=image.device, requires_grad=True)
+            state = {"c2w0": c2w0, "bank": CodeBank.from_codes(mean), "p": p,
+                     "opt": torch.optim.Adam([p], lr=pcfg.lr_pose), "losses": [], "history": []}
+        bank, p = state["bank"], state["p"]
+        for _ in range(n):
+            step = len(state["losses"])
+            x = bank.activated().to(image.device)
+            loss = pose_step(model.field(x), state["opt"], step, c2w0, p, K, image, pcfg,
+                             cfg.n_samples, cfg.near_min, generator=generator)
+            c2w = camera(c2w0, p).detach()
+            if step % pcfg.prior_every == 0:
+                state["g_diff"] = prior_gradient(model.prior, bank.get(idx), tcfg.ft_c_diff,
+                                                 generator=generator)[0]
+            uv, y = sample_pixels(image, pcfg.rays, generator)
+            o, d = rays_at_pixels(c2w.expand(len(uv), 4, 4), K, uv)
+            with torch.enable_grad():
+                code_step(bank, idx, model.decoder, RayBatch(o[None], d[None], y[None]), cfg, 1,
+                          halved_lr(pcfg.lr_code, step), prior_grad=state["g_diff"],
+                          generator=generator, c_rend=tcfg.ft_c_rend)
+            _record(state, step, c2w, bank.activated(), loss, callback)
+        return state
+
+    best = _best_of_starts(starts, run, pcfg)
+    return _result(best, starts, code=best["bank"].activated())
+
+
+def unposed(model, image, K, pcfg=None, generator=None, callback=None) -> dict:
+    """unposed_codenerf or unposed_ssdnerf, by the model's kind."""
+    fn = unposed_codenerf if getattr(model, "kind", "ssdnerf") == "codenerf" else unposed_ssdnerf
+    return fn(model, image, K, pcfg, generator, callback)
