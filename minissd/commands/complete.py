@@ -10,7 +10,7 @@ import matplotlib
 import torch
 from tqdm.auto import tqdm
 
-from minissd.cli import positive, writable_dir, writable_file
+from minissd.cli import SEED_MAX, non_negative, positive, writable_dir, writable_file
 from minissd.config import pick_device
 from minissd.data.srn import SRNDataset
 from minissd.errors import UserError
@@ -39,7 +39,7 @@ def add_arguments(p):
     p.add_argument("--views", type=positive(), default=8, help="views per object to measure on")
     p.add_argument("--steps", type=positive(10000), help="reverse steps (default: the model's ddim_steps)")
     p.add_argument("--resample", type=positive(100), default=1, help="RePaint resampling per step (1 = none)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative(SEED_MAX), default=0, help="sampling seed (object i: seed + i)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
 
 

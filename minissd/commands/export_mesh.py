@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from minissd.cli import non_negative, positive, writable_dir
+from minissd.cli import SEED_MAX, non_negative, positive, writable_dir
 from minissd.config import pick_device
 from minissd.errors import UserError
 from minissd.nerf.mesh import export_mesh
@@ -33,7 +33,7 @@ def add_arguments(p):
     src.add_argument("--sample", type=positive(10_000), metavar="N",
                      help="sample N new objects (DDIM, --seed) and mesh each")
     src.add_argument("--code", help="a codes.pt file (one code (3, C, R, R) or a batch)")
-    p.add_argument("--seed", type=non_negative(), default=0, help="sampling seed for --sample")
+    p.add_argument("--seed", type=non_negative(SEED_MAX), default=0, help="sampling seed for --sample")
     p.add_argument("--out", required=True, help="output folder")
     add_mesh_flags(p)
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
