@@ -78,8 +78,7 @@ def run(args):
     if getattr(args, "model", "ssdnerf") == "codenerf":
         return run_codenerf(args)
     if getattr(args, "model", "ssdnerf") == "diffrf":      # the DiffRF baseline: its own trainer
-        from minissd.related.diffrf_train import run_cli
-        return run_cli(args)
+        return run_diffrf(args)
     cfg = config_from_args(args)
     if not os.path.isdir(args.data):
         raise SystemExit(f"--data {args.data}: no such folder")
@@ -116,13 +115,42 @@ def run_codenerf(args):
     over.update({k: v for k, v in (("iters", args.iters), ("views_per_scene", args.views_per_scene),
                                    ("seed", args.seed)) if v is not None})
     cfg = CodeNeRFConfig.from_preset(args.preset, **over)
-    if not os.path.isdir(args.data):
-        raise SystemExit(f"--data {args.data}: no such folder")
-    writable_dir(args.out, "--out")
-    if os.path.exists(os.path.join(args.out, "checkpoint.pt")) and not args.resume:
-        raise SystemExit(f"{args.out} already holds a checkpoint: pass --resume to continue it, "
-                         "or choose another --out")
+    check_baseline_run(args)
     t0 = time.time()
     model = train_codenerf(cfg, args.data, args.out, device=args.device, resume=args.resume)
     print(f"CodeNeRF model: {os.path.join(args.out, 'model.pt')} ({time.time() - t0:.0f} s, "
           f"last PSNR {model.log[-1]['psnr']:.2f} dB on training rays)")
+
+
+def run_diffrf(args):
+    """--model diffrf: the DiffRF baseline (fit the voxel grids, then the 3D UNet) on the
+    preset's training data; --mode does not apply, --set sets DiffRFConfig fields."""
+    from minissd.related.diffrf import diffrf_preset, parse_diffrf_override
+    from minissd.related.diffrf_train import train_diffrf
+    over = dict(parse_diffrf_override(s) for s in args.set)
+    over.update({k: v for k, v in (("iters", args.iters), ("seed", args.seed),
+                                   ("views_per_scene", args.views_per_scene)) if v is not None})
+    cfg = diffrf_preset(args.preset, **over)
+    check_baseline_run(args)
+    t0 = time.time()
+    tr = train_diffrf(cfg, args.data, args.out, device=args.device or "cpu", resume=args.resume)
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+             for k, v in vars(args).items() if v not in (None, False, [])]
+    path = tr.model({"command": "python -m minissd train " + " ".join(flags),
+                     "wall_s_last_session": round(time.time() - t0, 1)}).save(
+        os.path.join(args.out, "model.pt"))
+    print(f"checkpoint: {tr.ckpt_path()}\nmodel: {path}")
+    return 0
+
+
+def check_baseline_run(args) -> None:
+    """The run-folder checks of a baseline's training (CodeNeRF, DiffRF), before anything
+    is written: --data exists and is not --out, --out is writable, and an existing
+    checkpoint is continued only with --resume."""
+    if not os.path.isdir(args.data):
+        raise SystemExit(f"--data {args.data}: no such folder")
+    not_an_input({"--out": args.out}, {"--data": args.data})
+    writable_dir(args.out, "--out")
+    if os.path.exists(os.path.join(args.out, "checkpoint.pt")) and not args.resume:
+        raise SystemExit(f"--out {args.out}: already holds a checkpoint: pass --resume to continue "
+                         "it, or choose another --out")

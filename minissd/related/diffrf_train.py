@@ -23,10 +23,9 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from minissd.cli import writable_dir
 from minissd.config import cache_dir
 from minissd.data.procedural import ensure_dataset
-from minissd.errors import TrainingDiverged, UserError
+from minissd.errors import TrainingDiverged
 from minissd.nerf.autodecoder import sample_rays
 from minissd.prior.ema import ema_copy, ema_update
 from minissd.related.diffrf import (DiffRFConfig, DiffRFModel, VoxelPrior, diffrf_losses,
@@ -161,30 +160,6 @@ def train_diffrf(cfg: DiffRFConfig, data_dir: str, out_dir: str, device="cpu", r
         ckpt.remove_orphans(out_dir)
         tr.train(progress=progress, stop_after=stop_after)
     return tr
-
-
-def run_cli(args) -> int:
-    """`python -m minissd train --model diffrf ...` (flags of commands/train.py; --mode and
-    --views-per-scene do not apply, --set KEY=VALUE sets DiffRFConfig fields)."""
-    over = dict(parse_diffrf_override(s) for s in args.set)
-    over.update({k: v for k, v in (("iters", args.iters), ("seed", args.seed),
-                                   ("views_per_scene", args.views_per_scene)) if v is not None})
-    cfg = diffrf_preset(args.preset, **over)
-    if not os.path.isdir(args.data):
-        raise UserError(f"--data {args.data}: no such folder")
-    writable_dir(args.out, "--out")
-    if os.path.exists(os.path.join(args.out, "checkpoint.pt")) and not args.resume:
-        raise UserError(f"--out {args.out}: already holds a checkpoint: pass --resume to continue it, "
-                        "or choose another --out")
-    t0 = time.time()
-    tr = train_diffrf(cfg, args.data, args.out, device=args.device or "cpu", resume=args.resume)
-    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-             for k, v in vars(args).items() if v not in (None, False, [])]
-    path = tr.model({"command": "python -m minissd train " + " ".join(flags),
-                     "wall_s_last_session": round(time.time() - t0, 1)}).save(
-        os.path.join(args.out, "model.pt"))
-    print(f"checkpoint: {tr.ckpt_path()}\nmodel: {path}")
-    return 0
 
 
 def diffrf_key(cfg: DiffRFConfig, category: str = "cars") -> str:
