@@ -15,8 +15,6 @@ import json
 import os
 import shutil
 
-import torch
-
 from minissd.data.procedural import ensure_dataset
 from minissd.data.srn import SRNDataset
 from minissd.eval import metrics

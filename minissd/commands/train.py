@@ -11,6 +11,7 @@ import time
 
 from minissd.cli import SEED_MAX, non_negative, not_an_input, positive, writable_dir
 from minissd.config import Config, get_preset, load_config_file, parse_override
+from minissd.overrides import field_kinds, parse_pairs
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd import distributed
 from minissd.ssd.model import Model, train_run
@@ -111,7 +112,7 @@ def run_codenerf(args):
     """--model codenerf: the CodeNeRF baseline on the preset's training data (same cars)."""
     from minissd.related.codenerf import CodeNeRFConfig
     from minissd.related.codenerf_fit import train_codenerf
-    over = CodeNeRFConfig.parse_overrides(args.set)
+    over = parse_pairs(args.set, field_kinds(CodeNeRFConfig), "--set")
     over.update({k: v for k, v in (("iters", args.iters), ("views_per_scene", args.views_per_scene),
                                    ("seed", args.seed)) if v is not None})
     cfg = CodeNeRFConfig.from_preset(args.preset, **over)
@@ -125,9 +126,9 @@ def run_codenerf(args):
 def run_diffrf(args):
     """--model diffrf: the DiffRF baseline (fit the voxel grids, then the 3D UNet) on the
     preset's training data; --mode does not apply, --set sets DiffRFConfig fields."""
-    from minissd.related.diffrf import diffrf_preset, parse_diffrf_override
+    from minissd.related.diffrf import DiffRFConfig, diffrf_preset
     from minissd.related.diffrf_train import train_diffrf
-    over = dict(parse_diffrf_override(s) for s in args.set)
+    over = parse_pairs(args.set, field_kinds(DiffRFConfig), "--set")
     over.update({k: v for k, v in (("iters", args.iters), ("seed", args.seed),
                                    ("views_per_scene", args.views_per_scene)) if v is not None})
     cfg = diffrf_preset(args.preset, **over)

@@ -84,22 +84,6 @@ class CodeNeRFConfig:
         return asdict(self)
 
     @classmethod
-    def parse_overrides(cls, pairs) -> dict:
-        """{key: value} from `--set KEY=VALUE` strings, each value of its field's type."""
-        kinds = {f.name: type(f.default) for f in fields(cls)}
-        out = {}
-        for pair in pairs or ():
-            key, sep, raw = pair.partition("=")
-            key = key.strip().replace("-", "_")
-            if not sep or key not in kinds:
-                raise ValueError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {sorted(kinds)}")
-            try:
-                out[key] = kinds[key](raw) if kinds[key] is not bool else raw == "true"
-            except ValueError:
-                raise ValueError(f"--set {pair!r}: {key} takes a {kinds[key].__name__}") from None
-        return out
-
-    @classmethod
     def from_dict(cls, d: dict) -> "CodeNeRFConfig":
         names = {f.name for f in fields(cls)}
         if set(d) - names:

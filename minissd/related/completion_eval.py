@@ -25,7 +25,7 @@ from minissd.nerf.render import render_rays
 from minissd.related.completion import (FieldMatch, complete, plane_mask, region_mask,
                                         voxel_mask)
 from minissd.related.diffrf import DiffRFModel
-from minissd.related.voxel import VoxelField, fit_grids
+from minissd.related.voxel import fit_grids
 from minissd.testtime.guidance import views_to_rays
 from minissd.testtime.reconstruct import reconstruct
 

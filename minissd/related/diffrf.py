@@ -31,7 +31,6 @@ loss at each step (`ImageGuidance`, the seed's f~_0^t <- f~_0^t - lambda grad l(
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -117,26 +116,6 @@ def diffrf_preset(name: str, **overrides) -> DiffRFConfig:
     if bad:
         raise ValueError(f"unknown DiffRF config keys {sorted(bad)}")
     return replace(PRESETS[name], **overrides)
-
-
-def parse_diffrf_override(text: str) -> tuple[str, object]:
-    """'--set key=value' for a DiffRFConfig field, parsed as JSON and type-checked."""
-    key, sep, raw = text.partition("=")
-    kinds = {f.name: type(f.default) for f in fields(DiffRFConfig)}
-    if not sep or key not in kinds:
-        raise ValueError(f"--set {text!r}: expected KEY=VALUE with KEY a DiffRF config field "
-                         f"({', '.join(kinds)})")
-    try:
-        val = raw if kinds[key] is str else json.loads(raw)
-    except json.JSONDecodeError:
-        raise ValueError(f"--set {text!r}: {raw!r} is not a number or JSON list") from None
-    if kinds[key] is float and isinstance(val, int):
-        val = float(val)
-    if kinds[key] is tuple and isinstance(val, list):
-        val = tuple(val)
-    if not isinstance(val, kinds[key]) or isinstance(val, bool):
-        raise ValueError(f"--set {text!r}: {key} takes a {kinds[key].__name__}")
-    return key, val
 
 
 # ------------------------------------------------------------------------- the prior ----

@@ -28,8 +28,7 @@ from minissd.data.procedural import ensure_dataset
 from minissd.errors import TrainingDiverged
 from minissd.nerf.autodecoder import sample_rays
 from minissd.prior.ema import ema_copy, ema_update
-from minissd.related.diffrf import (DiffRFConfig, DiffRFModel, VoxelPrior, diffrf_losses,
-                                    diffrf_preset, parse_diffrf_override)
+from minissd.related.diffrf import DiffRFConfig, DiffRFModel, VoxelPrior, diffrf_losses
 from minissd.related.voxel import empty_grids, fit_grids, fit_psnr, voxel_bank
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd.model import data_id, load_training_data, model_dirs
