@@ -25,7 +25,7 @@ per ray and image size of the SSDNeRF preset the config copies (48 samples, 64 p
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 import math
 
 import torch
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from minissd.config import PRESETS, Config
 from minissd.nerf.triplane import CodeBank
+from minissd.overrides import field_kinds, typed_dict
 from minissd.ssd import checkpoint as ckpt
 
 MODEL_FORMAT = "minissd-codenerf-v1"
@@ -84,11 +85,10 @@ class CodeNeRFConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CodeNeRFConfig":
-        names = {f.name for f in fields(cls)}
-        if set(d) - names:
-            raise ValueError(f"unknown CodeNeRF config keys: {sorted(set(d) - names)}")
-        return cls(**d)
+    def from_dict(cls, d: dict, where: str = "CodeNeRF config") -> "CodeNeRFConfig":
+        """A config from its to_dict() (a model file's); unknown keys and wrong types refused
+        naming `where` (overrides.typed_dict, as Config.from_dict)."""
+        return cls(**typed_dict(d, field_kinds(cls), where))
 
 
 def positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
@@ -224,7 +224,7 @@ class CodeNeRF:
     def from_payload(cls, sd: dict, path: str = "", device="cpu") -> "CodeNeRF":
         if sd.get("format") != MODEL_FORMAT:
             raise ckpt.CheckpointError(f"{path}: format {sd.get('format')!r}, expected {MODEL_FORMAT!r}")
-        cfg = CodeNeRFConfig.from_dict(sd["config"])
+        cfg = CodeNeRFConfig.from_dict(sd["config"], f"{path}: config")
         net = CodeNeRFNet(cfg)
         net.load_state_dict({k: v.float() for k, v in sd["net"].items()})
         return cls(cfg, net, sd["codes"].float(), sd["names"], sd["log"], sd["meta"]).to(device)

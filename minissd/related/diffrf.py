@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from minissd.config import get_preset
 from minissd.nerf.render import render_rays
+from minissd.overrides import field_kinds, typed_dict
 from minissd.prior.diffusion import NoiseSchedule, q_sample, x0_from_eps
 from minissd.prior.sampling import ddim_sample
 from minissd.related.unet3d import UNet3D
@@ -88,11 +89,10 @@ class DiffRFConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DiffRFConfig":
-        names = {f.name for f in fields(cls)}
-        if set(d) - names:
-            raise ValueError(f"unknown DiffRF config keys: {sorted(set(d) - names)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    def from_dict(cls, d: dict, where: str = "DiffRF config") -> "DiffRFConfig":
+        """A config from its to_dict() (a model file's); unknown keys and wrong types refused
+        naming `where` (overrides.typed_dict, as Config.from_dict)."""
+        return cls(**typed_dict(d, field_kinds(cls), where))
 
 
 def _data_of(preset: str) -> dict:
@@ -208,7 +208,7 @@ class DiffRFModel:
         sd = ckpt.load(path)
         if sd.get("format") != MODEL_FORMAT:
             raise ckpt.CheckpointError(f"{path}: format {sd.get('format')!r}, expected {MODEL_FORMAT!r}")
-        cfg = DiffRFConfig.from_dict(sd["config"])
+        cfg = DiffRFConfig.from_dict(sd["config"], f"{path}: config")
         prior = VoxelPrior(cfg)
         prior.load_state_dict({k: v.float() if v.is_floating_point() else v
                                for k, v in sd["prior"].items()})
