@@ -26,12 +26,10 @@ import os
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from minissd.config import cache_dir, pick_device
 from minissd.data.cameras import rays_at_pixels
 from minissd.data.procedural import ensure_dataset
-from minissd.errors import TrainingDiverged
 from minissd.nerf.autodecoder import sample_rays
 from minissd.nerf.render import render_image, render_rays
 from minissd.related.codenerf import (
@@ -43,6 +41,7 @@ from minissd.related.codenerf import (
 )
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd.model import data_id, load_training_data, model_dirs
+from minissd.ssd.resume import ResumableLoop
 from minissd.utils import randint, to_device
 
 CKPT_FORMAT = "minissd-codenerf-ckpt-v1"
@@ -77,10 +76,59 @@ def train_step(net, opt, bank: LatentBank, data: dict, cfg: CodeNeRFConfig, it: 
             "code_norm": float(codes.detach().norm(dim=-1).mean())}
 
 
-def _state(net, opt, bank, gen, it, log, cfg, did) -> dict:
-    return {"format": CKPT_FORMAT, "config": cfg.to_dict(), "data_id": did, "it": it,
-            "net": net.state_dict(), "opt": opt.state_dict(), "bank": bank.state_dict(),
-            "generator": gen.get_state(), "log": log}
+class CodeNeRFTrainer(ResumableLoop):
+    """The auto-decoder's state (network, per-object codes and their Adams, generator,
+    log) with resume.ResumableLoop's loop: run lock, atomic checkpoints, a finiteness
+    check of the loss, network and codes every iteration, the divergence stop."""
+    FORMAT, ITER_KEY, mode = CKPT_FORMAT, "it", "CodeNeRF"
+    STATE_KEYS = ("format", "config", "data_id", "it", "net", "opt", "bank", "generator", "log")
+
+    def __init__(self, cfg: CodeNeRFConfig, data: dict, device="cpu", out_dir: str | None = None,
+                 data_key: str = ""):
+        self.cfg, self.device, self.out_dir, self.data_id = cfg, torch.device(device), out_dir, data_key
+        self.data = to_device(data, self.device)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.net = CodeNeRFNet(cfg).to(self.device)
+        self.bank = LatentBank(len(self.data["names"]), cfg.latent, self.device, generator=self.gen)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr_net)
+        self.it, self.log, self.t0 = 0, [], time.time()
+
+    @property
+    def total_iters(self) -> int:
+        return self.cfg.iters
+
+    def outer_step(self) -> dict:
+        """One train_step; its row (with seconds since this session began) is logged."""
+        row = train_step(self.net, self.opt, self.bank, self.data, self.cfg, self.it, self.gen)
+        self.it += 1
+        row["time"] = round(time.time() - self.t0, 2)
+        self.log.append(row)
+        return row
+
+    def loss_keys(self, row: dict) -> tuple:
+        return ("mse",)
+
+    def postfix(self, row: dict) -> dict:
+        return {"psnr": f"{row['psnr']:.2f}"}
+
+    def watched(self) -> dict:
+        return {"net": self.net, "bank": {"codes_": self.bank.codes_}}
+
+    def state_dict(self) -> dict:
+        return {"format": CKPT_FORMAT, "config": self.cfg.to_dict(), "data_id": self.data_id,
+                "it": self.it, "net": self.net.state_dict(), "opt": self.opt.state_dict(),
+                "bank": self.bank.state_dict(), "generator": self.gen.get_state(), "log": self.log}
+
+    def load_state_dict(self, sd: dict, path: str = "<checkpoint>") -> None:
+        self.check_checkpoint(sd, path)
+        self.net.load_state_dict(sd["net"]), self.opt.load_state_dict(sd["opt"])
+        self.bank.load_state_dict(sd["bank"]), self.gen.set_state(sd["generator"].cpu())
+        self.it, self.log = sd["it"], list(sd["log"])
+
+    def model(self, meta: dict | None = None) -> CodeNeRF:
+        return CodeNeRF(self.cfg, self.net, self.bank.activated(), self.data.get("names", []),
+                        self.log, dict(meta or {}))
 
 
 def train_codenerf(cfg: CodeNeRFConfig, data_dir: str, out_dir: str, device=None,
@@ -90,48 +138,15 @@ def train_codenerf(cfg: CodeNeRFConfig, data_dir: str, out_dir: str, device=None
     checkpoint.pt atomically every cfg.ckpt_every iterations and model.pt at the end.
     stop_after: stop after that many iterations of this session (tests)."""
     device = pick_device(device)
-    with ckpt.RunLock(out_dir):
-        data = to_device(load_training_data(data_dir, cfg, device), device)
-        did = data_id(data_dir, len(data["names"]))
-        gen = torch.Generator().manual_seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-        net = CodeNeRFNet(cfg).to(device)
-        bank = LatentBank(len(data["names"]), cfg.latent, device, generator=gen)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr_net)
-        it, log = 0, []
-        path = os.path.join(out_dir, "checkpoint.pt")
-        if resume and os.path.exists(path):
-            sd = ckpt.load(path)
-            if sd.get("format") != CKPT_FORMAT:
-                raise ckpt.CheckpointError(f"{path}: not a CodeNeRF training checkpoint")
-            ckpt.check_config(path, sd["config"], cfg.to_dict())
-            if sd["data_id"] != did:
-                raise ckpt.CheckpointError(f"{path}: trained on {sd['data_id']}, not {did}")
-            net.load_state_dict(sd["net"]), opt.load_state_dict(sd["opt"])
-            bank.load_state_dict(sd["bank"]), gen.set_state(sd["generator"])
-            it, log = sd["it"], sd["log"]
-            if progress:
-                print(f"resumed {out_dir} at iteration {it}/{cfg.iters}")
-        t0, start_it = time.time(), it
-        bar = tqdm(range(it, cfg.iters), desc="CodeNeRF", disable=not progress)
-        for it in bar:
-            rec = train_step(net, opt, bank, data, cfg, it, gen)
-            if not torch.isfinite(torch.tensor(rec["mse"])):
-                raise TrainingDiverged(f"CodeNeRF loss is {rec['mse']} at iteration {it}; "
-                                       f"{path} keeps the last good state")
-            rec["time"] = round(time.time() - t0, 2)
-            log.append(rec)
-            bar.set_postfix(psnr=f"{rec['psnr']:.2f}")
-            done = it + 1 == cfg.iters or (stop_after and it + 1 - start_it >= stop_after)
-            if (it + 1) % cfg.ckpt_every == 0 or done:
-                ckpt.save_atomic(path, _state(net, opt, bank, gen, it + 1, log, cfg, did))
-                ckpt.write_atomic(os.path.join(out_dir, "log.jsonl"),
-                                  lambda f: f.write("".join(json.dumps(r) + "\n" for r in log)),
-                                  binary=False)
-            if done:
-                break
-        model = CodeNeRF(cfg, net, bank.activated(), data.get("names", []), log,
-                         {"wall_s_last_session": round(time.time() - t0, 1), "device": str(device)})
+    with ckpt.RunLock(out_dir) as lock:
+        data = load_training_data(data_dir, cfg, device)
+        tr = CodeNeRFTrainer(cfg, data, device, out_dir, data_id(data_dir, len(data["names"])))
+        tr.run_lock = lock
+        if resume and tr.resume() and progress:
+            print(f"resumed {out_dir} at iteration {tr.it}/{cfg.iters}")
+        t0 = time.time()
+        tr.train(progress=progress, stop_after=stop_after)
+        model = tr.model({"wall_s_last_session": round(time.time() - t0, 1), "device": str(device)})
         model.save(os.path.join(out_dir, "model.pt"))
     return model
 

@@ -21,27 +21,33 @@ import os
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from minissd.config import cache_dir
 from minissd.data.procedural import ensure_dataset
-from minissd.errors import TrainingDiverged
 from minissd.nerf.autodecoder import sample_rays
 from minissd.prior.ema import ema_copy, ema_update
 from minissd.related.diffrf import DiffRFConfig, DiffRFModel, VoxelPrior, diffrf_losses
 from minissd.related.voxel import empty_grids, fit_grids, fit_psnr, voxel_bank
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd.model import data_id, load_training_data, model_dirs
+from minissd.ssd.resume import ResumableLoop
 from minissd.ssd.train import warmup_factor
 from minissd.utils import randperm
 
 FORMAT = "minissd-diffrf-train-v1"
 
 
-class DiffRFTrainer:
+class DiffRFTrainer(ResumableLoop):
+    """Both stages' state (grids and their per-scene Adams, UNet, EMA, optimiser, RNG, log)
+    with resume.ResumableLoop's loop: run lock, atomic checkpoints, a finiteness check of
+    the losses, grids, UNet and EMA every iteration, the divergence stop."""
+    FORMAT, mode, LR_EXAMPLE = FORMAT, "diffrf", "lr"
+    STATE_KEYS = ("format", "config", "data_id", "iter", "bank", "prior", "ema", "opt", "rng",
+                  "torch_rng", "log")
+
     def __init__(self, cfg: DiffRFConfig, data: dict, device="cpu", out_dir: str | None = None,
                  data_key: str = ""):
-        self.cfg, self.device, self.out_dir, self.data_key = cfg, torch.device(device), out_dir, data_key
+        self.cfg, self.device, self.out_dir, self.data_id = cfg, torch.device(device), out_dir, data_key
         self.data = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in data.items()}
         self.n_scenes = self.data["images"].shape[0]
         torch.manual_seed(cfg.seed)
@@ -56,8 +62,21 @@ class DiffRFTrainer:
     def total_iters(self) -> int:
         return self.cfg.fit_iters + self.cfg.iters
 
+    def schedule_note(self) -> str:
+        return f"fit_iters {self.cfg.fit_iters} + iters {self.cfg.iters}"
+
+    def iters_to_reach(self, it: int) -> int:
+        return it - self.cfg.fit_iters
+
     def grids(self) -> torch.Tensor:
         return self.bank.activated().detach()                               # (N, 4, G, G, G)
+
+    def fit_step(self) -> dict:
+        """One step of stage 1: an Adam step of a batch of grids (voxel.fit_grids)."""
+        psnr = []
+        fit_grids(self.data, self.cfg, self.bank, self.it, self.it + 1, self.gen, progress=False,
+                  callback=lambda s, b, mse: psnr.append(fit_psnr(mse)))
+        return {"phase": "fit", "fit_psnr": psnr[0]}
 
     def diffusion_step(self) -> dict:
         """One denoiser update on a batch of fitted grids (eq. 11)."""
@@ -74,71 +93,41 @@ class DiffRFTrainer:
         return {"phase": "diffusion", "loss_rf": float(out["rf"].detach().mean()),
                 "loss_rgb": float(out["rgb"].detach().mean())}
 
-    def train(self, progress: bool = True, stop_after: int | None = None) -> list:
-        end = self.total_iters if stop_after is None else min(self.total_iters, self.it + stop_after)
-        bar = tqdm(total=end, initial=self.it, disable=not progress, desc="diffrf")
-        while self.it < end:
-            t0 = time.time()
-            if self.it < self.cfg.fit_iters:
-                stop = min(end, self.cfg.fit_iters, (self.it // self.cfg.ckpt_every + 1) * self.cfg.ckpt_every)
-                rows = []
-                fit_grids(self.data, self.cfg, self.bank, self.it, stop, self.gen, progress=False,
-                          callback=lambda s, b, mse: rows.append(fit_psnr(mse)))
-                n = stop - self.it
-                row = {"phase": "fit", "fit_psnr": sum(rows) / len(rows)}
-                self.it = stop
-            else:
-                row, n = self.diffusion_step(), 1
-                self.it += 1
-            row.update(iter=self.it, wall_s=round(time.time() - t0, 3))
-            bad = [k for k, v in row.items() if isinstance(v, float) and not torch.isfinite(torch.tensor(v))]
-            if bad:
-                raise TrainingDiverged(f"DiffRF training diverged at iteration {self.it} ({bad}); "
-                                       f"the last checkpoint in {self.out_dir} is kept")
-            self.log.append(row)
-            bar.update(n)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith(("loss", "fit_"))},
-                            refresh=False)
-            if self.out_dir and (self.it % self.cfg.ckpt_every == 0 or self.it in (end, self.cfg.fit_iters)):
-                self.save()
-        bar.close()
-        return self.log
+    def outer_step(self) -> dict:
+        """One step of the schedule: grid fitting (it < fit_iters), then the denoiser."""
+        t0 = time.time()
+        row = self.fit_step() if self.it < self.cfg.fit_iters else self.diffusion_step()
+        self.it += 1
+        row.update(iter=self.it, wall_s=round(time.time() - t0, 3))
+        self.log.append(row)
+        return row
+
+    def loss_keys(self, row: dict) -> tuple:
+        return ("fit_psnr",) if row["phase"] == "fit" else ("loss_rf", "loss_rgb")
+
+    def checkpoint_due(self, end: int) -> bool:
+        """Also at the end of stage 1 (the fitted grids are kept)."""
+        return super().checkpoint_due(end) or self.it == self.cfg.fit_iters
+
+    def watched(self) -> dict:
+        return {"bank": {"codes_": self.bank.codes_}, "prior": self.prior, "ema": self.ema}
 
     # ------------------------------------------------------------- checkpoints ----
-    def ckpt_path(self) -> str:
-        return os.path.join(self.out_dir, "checkpoint.pt")
-
     def state_dict(self) -> dict:
-        return {"format": FORMAT, "config": self.cfg.to_dict(), "data_id": self.data_key,
+        return {"format": FORMAT, "config": self.cfg.to_dict(), "data_id": self.data_id,
                 "iter": self.it, "bank": self.bank.state_dict(), "prior": self.prior.state_dict(),
                 "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
                 "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "log": self.log}
 
-    def save(self) -> str:
-        sd = self.state_dict()
-        bad = ckpt.nonfinite({k: sd[k] for k in ("bank", "prior", "ema")})
-        if bad:
-            raise TrainingDiverged(f"non-finite parameters {bad[:5]}; {self.ckpt_path()} is kept")
-        return ckpt.save_atomic(self.ckpt_path(), sd)
-
-    def resume(self) -> bool:
-        path = self.ckpt_path()
-        if not os.path.exists(path):
-            return False
-        sd = ckpt.load(path, map_location=self.device)
-        if sd.get("format") != FORMAT:
-            raise ckpt.CheckpointError(f"{path}: format {sd.get('format')!r}, expected {FORMAT!r}")
-        ckpt.check_config(path, sd["config"], self.cfg.to_dict())
-        if sd["data_id"] != self.data_key:
-            raise ckpt.CheckpointError(f"{path}: made with data {sd['data_id']!r}, this run has {self.data_key!r}")
+    def load_state_dict(self, sd: dict, path: str = "<checkpoint>") -> None:
+        self.check_checkpoint(sd, path)
         self.bank.load_state_dict(sd["bank"])
         self.prior.load_state_dict(sd["prior"])
         self.ema.load_state_dict(sd["ema"])
         self.opt.load_state_dict(sd["opt"])
         self.gen.set_state(sd["rng"])
-        torch.set_rng_state(sd["torch_rng"])
+        torch.set_rng_state(sd["torch_rng"].cpu())
         self.it, self.log = sd["iter"], list(sd["log"])
-        return True
 
     def model(self, meta: dict | None = None) -> DiffRFModel:
         prior = VoxelPrior(self.cfg)
@@ -151,12 +140,12 @@ class DiffRFTrainer:
 def train_diffrf(cfg: DiffRFConfig, data_dir: str, out_dir: str, device="cpu", resume: bool = True,
                  progress: bool = True, stop_after: int | None = None) -> DiffRFTrainer:
     """Train (or resume) a DiffRF run in out_dir, holding its RunLock; returns the trainer."""
-    with ckpt.RunLock(out_dir):
+    with ckpt.RunLock(out_dir) as lock:
         data = load_training_data(data_dir, cfg, device)
         tr = DiffRFTrainer(cfg, data, device, out_dir, data_id(data_dir, len(data["names"])))
+        tr.run_lock = lock
         if resume and tr.resume() and progress:
             print(f"resumed {out_dir} at iteration {tr.it}/{tr.total_iters}")
-        ckpt.remove_orphans(out_dir)
         tr.train(progress=progress, stop_after=stop_after)
     return tr
 

@@ -1,13 +1,16 @@
-"""The Trainer's run folder: the outer loop's checkpoints, resumption and divergence stops.
+"""The run folder of every trainer: the outer loop, its checkpoints, resumption and
+divergence stops.
 
-`train.Trainer` is Algorithm 1 (and the two-stage baseline); this mixin is everything
-around it that makes a long run safe to interrupt (checkpoint.py holds the file-level
-parts: atomic writes, safe loads, the run lock):
+`ResumableLoop` is everything around one outer iteration that makes a long run safe to
+interrupt, shared by SSDNeRF's `train.Trainer` (Algorithm 1 and the two-stage baseline,
+through the `Resumable` mixin below) and the baselines' trainers (related/codenerf_fit.py
+`CodeNeRFTrainer`, related/diffrf_train.py `DiffRFTrainer`); checkpoint.py holds the
+file-level parts (atomic writes, safe loads, the run lock):
 
   * `train()` runs outer iterations until the end of the schedule, checkpointing every
     cfg.ckpt_every iterations and appending the log every few; the run folder is locked.
-  * Every iteration checks the losses AND, cheaply (one sum per tensor), every parameter
-    and EMA copy: a NaN the losses cannot see yet (an EMA weight, the denoiser in stage 1)
+  * Every iteration checks the losses AND, cheaply (one sum per tensor), every parameter,
+    code and EMA copy (`watched`): a NaN the losses cannot see yet (an EMA weight, the denoiser in stage 1)
     stops training at once with errors.TrainingDiverged, and the last good checkpoint is
     kept.
   * `save()` refuses a state holding any NaN/inf tensor (Adam moments and EMAs included);
@@ -15,6 +18,12 @@ parts: atomic writes, safe loads, the run lock):
     touching the trainer, and refuses a run asked to end before the iteration it reached.
   * Data is identified by its content's fingerprint, not its folder's name, so a run
     resumes from a byte-identical copy of its data elsewhere.
+  * Ctrl-C leaves the last checkpoint; `python -m minissd train` then prints one line
+    naming it and the command that resumes it (commands/train.py `interrupted`).
+
+A trainer provides cfg (with ckpt_every), out_dir, data_id, it, log, total_iters, mode
+(the progress bar's label), `outer_step()` (one iteration: appends and returns its log
+row), `loss_keys(row)`, `watched()`, `state_dict()` and `load_state_dict(sd, path)`.
 """
 from __future__ import annotations
 
@@ -22,9 +31,9 @@ import math
 import os
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from minissd.config import Config
 from minissd.errors import TrainingDiverged
 from minissd.nerf.occupancy import OccupancyGrid
 from minissd.ssd import checkpoint as ckpt
@@ -37,8 +46,13 @@ STATE_KEYS = ("format", "config", "mode", "data_id", "iter", "bank", "occupancy"
               "log")
 
 
-class Resumable:
-    """Mixin of train.Trainer: train loop, save, resume (see the module docstring)."""
+class ResumableLoop:
+    """The train loop, save and resume of every trainer (see the module docstring)."""
+    FORMAT = ""                  # the checkpoint's "format" entry
+    STATE_KEYS: tuple = ()       # the entries a whole checkpoint holds
+    ITER_KEY = "iter"            # the entry holding the iteration count
+    SAME_AS_RUN = ("data_id",)   # entries that must equal this trainer's attributes
+    LR_EXAMPLE = "lr_code"       # a learning rate to name when training diverges
 
     def train(self, iters: int | None = None, progress: bool = True, stop_after: int | None = None,
               log_every: int = 10):
@@ -67,13 +81,12 @@ class Resumable:
             with tqdm(total=end, initial=self.it, disable=not progress, desc=self.mode) as bar:
                 while self.it < end:
                     row = self.outer_step()
-                    bad = diverged(row, self.cfg) or self.nonfinite_parameters()
+                    bad = self.diverged(row) or self.nonfinite_parameters()
                     if bad:
                         self._stop(bad, row)
-                    bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss_rend", "loss_diff")
-                                     if not math.isnan(row[k])}, refresh=False)
+                    bar.set_postfix(self.postfix(row), refresh=False)
                     bar.update(1)
-                    if self.out_dir and (self.it % self.cfg.ckpt_every == 0 or self.it == end):
+                    if self.out_dir and self.checkpoint_due(end):
                         self.save()
                     elif self.out_dir and self.it % log_every == 0:
                         self.write_log(append=True)
@@ -83,15 +96,29 @@ class Resumable:
                 self.run_lock = None
         return self.log
 
+    def checkpoint_due(self, end: int) -> bool:
+        """Save now? Every cfg.ckpt_every iterations and at the end of the session."""
+        return self.it % self.cfg.ckpt_every == 0 or self.it == end
+
+    def postfix(self, row: dict) -> dict:
+        """The progress bar's numbers: the row's finite losses."""
+        return {k: f"{row[k]:.4g}" for k in self.loss_keys(row) if math.isfinite(row[k])}
+
+    def diverged(self, row: dict) -> str:
+        """'' if the row's losses (loss_keys) are finite, else which are not, with values."""
+        return ", ".join(f"{k} = {row[k]}" for k in self.loss_keys(row) if not math.isfinite(row[k]))
+
     def nonfinite_parameters(self) -> str:
-        """'' when every code, network weight and EMA weight is finite, else which are not.
-        One sum per tensor and one device sync: cheap enough for every iteration."""
-        tensors = [self.bank.codes_] + [p for name in MODULES
-                                         for p in getattr(self, name).parameters()]
+        """'' when every watched tensor (codes, network and EMA weights) is finite, else
+        which are not. One sum per tensor and one device sync: cheap enough for every
+        iteration."""
+        parts = self.watched()
+        tensors = [t for part in parts.values()
+                   for t in (part.parameters() if isinstance(part, nn.Module) else part.values())]
         if torch.isfinite(torch.stack([t.detach().sum() for t in tensors]).sum()):
             return ""
-        bad = ckpt.nonfinite({"bank": {"codes_": self.bank.codes_},
-                              **{name: getattr(self, name).state_dict() for name in MODULES}})
+        bad = ckpt.nonfinite({name: part.state_dict() if isinstance(part, nn.Module) else part
+                              for name, part in parts.items()})
         return f"non-finite parameters {', '.join(bad[:5])}" if bad else ""
 
     def _stop(self, what: str, row: dict):
@@ -100,76 +127,50 @@ class Resumable:
             self.write_log(append=True)
         kept = (f"the last good checkpoint {self.ckpt_path()} is untouched"
                 if self.out_dir and os.path.exists(self.ckpt_path()) else "nothing was saved")
+        phase = f" ({row['phase']})" if "phase" in row else ""
         raise TrainingDiverged(
-            f"training diverged at iteration {row['iter']} ({row['phase']}): {what}; {kept}. "
-            "Lower the learning rates (e.g. --set lr_code=...) and train into a new --out, "
+            f"training diverged at iteration {self.it}{phase}: {what}; {kept}. "
+            f"Lower the learning rates (e.g. --set {self.LR_EXAMPLE}=...) and train into a new --out, "
             "or resume the run with --resume")
 
     # ---------------------------------------------------------- checkpoints ------
-    def state_dict(self) -> dict:
-        return {"format": FORMAT, "config": self.cfg.to_dict(), "mode": self.mode,
-                "data_id": self.data_id, "iter": self.it,
-                "bank": self.bank.state_dict(), "occupancy": self.occupancy.state_dict(),
-                "decoder": self.decoder.state_dict(),
-                "prior": self.prior.state_dict(), "opt_dec": self.opt_dec.state_dict(),
-                "opt_prior": self.opt_prior.state_dict(),
-                "ema_decoder": self.ema_decoder.state_dict(),
-                "ema_prior": self.ema_prior.state_dict(),
-                "mean_code": self.mean_code.cpu(), "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "log": self.log}
-
-    def check_state_dict(self, sd: dict, path: str) -> None:
+    def check_checkpoint(self, sd: dict, path: str) -> None:
         """CheckpointError naming `path` unless sd is a whole, finite checkpoint of this
-        run (format, config, mode, data, iteration within the schedule)."""
-        missing = [k for k in STATE_KEYS if k not in sd]
-        if sd.get("format") != FORMAT:
-            raise ckpt.CheckpointError(f"{path}: format {sd.get('format')!r}, expected {FORMAT!r}")
+        run: format, every STATE_KEYS entry, config, SAME_AS_RUN entries (data: same_data),
+        iteration within the schedule."""
+        missing = [k for k in self.STATE_KEYS if k not in sd]
+        if sd.get("format") != self.FORMAT:
+            raise ckpt.CheckpointError(f"{path}: format {sd.get('format')!r}, expected {self.FORMAT!r}")
         if missing:
             raise ckpt.CheckpointError(f"{path}: incomplete checkpoint, no {', '.join(missing)}")
         if not isinstance(sd["config"], dict):
             raise ckpt.CheckpointError(f"{path}: 'config' is a {type(sd['config']).__name__}, "
                                        "expected a dict of config fields")
         ckpt.check_config(path, sd["config"], self.cfg.to_dict())
-        for key, want in (("mode", self.mode), ("data_id", self.data_id)):
+        for key in self.SAME_AS_RUN:
+            want = getattr(self, key)
             if key == "data_id" and same_data(sd[key], want):
                 continue
             if sd[key] != want:
                 raise ckpt.CheckpointError(f"{path}: made with {key}={sd[key]!r}, "
                                            f"this run has {key}={want!r}")
-        it = sd["iter"]
+        it = sd[self.ITER_KEY]
         if not isinstance(it, int) or isinstance(it, bool) or it < 0:
             raise ckpt.CheckpointError(f"{path}: iteration {it!r} is not a count of iterations")
         if it > self.total_iters:
-            stages = " x 2 stages" if self.mode == "two-stage" else ""
-            need = -(-it // (self.total_iters // self.cfg.iters))
             raise ckpt.CheckpointError(
                 f"{path}: the run is already at iteration {it}, past the end this run asks for "
-                f"(iters {self.cfg.iters}{stages}); resume with --iters {need} or more")
+                f"({self.schedule_note()}); resume with --iters {self.iters_to_reach(it)} or more")
         bad = ckpt.nonfinite(sd)
         if bad:
             raise ckpt.CheckpointError(f"{path}: holds non-finite values ({', '.join(bad[:5])})")
 
-    def load_state_dict(self, sd: dict, path: str = "<checkpoint>"):
-        """Check sd (check_state_dict), then load it; a part that does not fit this
-        trainer (another shape, a missing key) is refused naming the file and the part."""
-        self.check_state_dict(sd, path)
-        part = "bank"
-        try:
-            self.bank.load_state_dict(sd["bank"])
-            part = "occupancy"
-            self.occupancy = OccupancyGrid.from_state_dict(sd["occupancy"], self.device)
-            for part in ("decoder", "prior", "opt_dec", "opt_prior", "ema_decoder", "ema_prior"):
-                getattr(self, part).load_state_dict(sd[part])
-            part = "mean_code"
-            self.mean_code = sd["mean_code"].to(self.device)
-            part = "rng"
-            self.gen.set_state(sd["rng"])
-            torch.set_rng_state(sd["torch_rng"])
-            part = "log"
-            self.it, self.log = sd["iter"], list(sd["log"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-            raise ckpt.CheckpointError(f"{path}: its {part!r} does not fit this run "
-                                       f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    def schedule_note(self) -> str:
+        return f"iters {self.cfg.iters}"
+
+    def iters_to_reach(self, it: int) -> int:
+        """The --iters that takes the schedule to iteration `it`."""
+        return it
 
     def ckpt_path(self) -> str:
         return os.path.join(self.out_dir, "checkpoint.pt")
@@ -185,7 +186,7 @@ class Resumable:
         bad = ckpt.nonfinite(sd)
         if bad:
             self._stop(f"non-finite parameters {', '.join(bad[:5])}",
-                       self.log[-1] if self.log else {"iter": self.it, "phase": self.phase()})
+                       self.log[-1] if self.log else {"iter": self.it})
         path = ckpt.save_atomic(self.ckpt_path(), sd)
         self.write_log()
         return path
@@ -208,16 +209,65 @@ class Resumable:
         return True
 
 
-def diverged(row: dict, cfg: Config) -> str:
-    """'' if a log row's losses are finite, else which loss is NaN/inf and its value.
-    Missing losses are NaN by design and not divergence: loss_rend in stage 2,
-    loss_diff in stage 1, loss_diff_extra when cfg.diff_steps == 1."""
-    keys = {"single-stage": ("loss_rend", "loss_diff"), "stage1": ("loss_rend",),
-            "stage2": ("loss_diff",)}[row["phase"]]
-    if cfg.diff_steps > 1 and row["phase"] != "stage1":
-        keys += ("loss_diff_extra",)
-    bad = [f"{k} = {row[k]}" for k in keys if not math.isfinite(row[k])]
-    return ", ".join(bad)
+class Resumable(ResumableLoop):
+    """Mixin of train.Trainer: its checkpoint's contents and its divergence test."""
+    FORMAT, STATE_KEYS, SAME_AS_RUN = FORMAT, STATE_KEYS, ("mode", "data_id")
+
+    def loss_keys(self, row: dict) -> tuple:
+        """The losses of a row that must be finite. Missing losses are NaN by design and
+        not divergence: loss_rend in stage 2, loss_diff in stage 1, loss_diff_extra when
+        cfg.diff_steps == 1."""
+        keys = {"single-stage": ("loss_rend", "loss_diff"), "stage1": ("loss_rend",),
+                "stage2": ("loss_diff",)}[row["phase"]]
+        if self.cfg.diff_steps > 1 and row["phase"] != "stage1":
+            keys += ("loss_diff_extra",)
+        return keys
+
+    def postfix(self, row: dict) -> dict:
+        return {k: f"{row[k]:.4g}" for k in ("loss_rend", "loss_diff") if not math.isnan(row[k])}
+
+    def watched(self) -> dict:
+        return {"bank": {"codes_": self.bank.codes_}, **{name: getattr(self, name) for name in MODULES}}
+
+    def state_dict(self) -> dict:
+        return {"format": FORMAT, "config": self.cfg.to_dict(), "mode": self.mode,
+                "data_id": self.data_id, "iter": self.it,
+                "bank": self.bank.state_dict(), "occupancy": self.occupancy.state_dict(),
+                "decoder": self.decoder.state_dict(),
+                "prior": self.prior.state_dict(), "opt_dec": self.opt_dec.state_dict(),
+                "opt_prior": self.opt_prior.state_dict(),
+                "ema_decoder": self.ema_decoder.state_dict(),
+                "ema_prior": self.ema_prior.state_dict(),
+                "mean_code": self.mean_code.cpu(), "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "log": self.log}
+
+    def schedule_note(self) -> str:
+        return f"iters {self.cfg.iters}" + (" x 2 stages" if self.mode == "two-stage" else "")
+
+    def iters_to_reach(self, it: int) -> int:
+        return -(-it // (self.total_iters // self.cfg.iters))
+
+    def load_state_dict(self, sd: dict, path: str = "<checkpoint>"):
+        """Check sd (check_checkpoint), then load it; a part that does not fit this
+        trainer (another shape, a missing key) is refused naming the file and the part."""
+        self.check_checkpoint(sd, path)
+        part = "bank"
+        try:
+            self.bank.load_state_dict(sd["bank"])
+            part = "occupancy"
+            self.occupancy = OccupancyGrid.from_state_dict(sd["occupancy"], self.device)
+            for part in ("decoder", "prior", "opt_dec", "opt_prior", "ema_decoder", "ema_prior"):
+                getattr(self, part).load_state_dict(sd[part])
+            part = "mean_code"
+            self.mean_code = sd["mean_code"].to(self.device)
+            part = "rng"
+            self.gen.set_state(sd["rng"])
+            torch.set_rng_state(sd["torch_rng"])
+            part = "log"
+            self.it, self.log = sd["iter"], list(sd["log"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ckpt.CheckpointError(f"{path}: its {part!r} does not fit this run "
+                                       f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
 def same_data(saved: str, wanted: str) -> bool:
