@@ -66,8 +66,9 @@ def interrupted(args, argv) -> str:
     again = "python -m minissd " + " ".join(shlex.quote(a) for a in argv)
     again += "" if "--resume" in argv else " --resume"
     try:
-        it = ckpt.load(path)["iter"] if os.path.exists(path) else None
-    except (ValueError, KeyError):
+        sd = ckpt.load(path) if os.path.exists(path) else {}
+        it = sd.get("iter", sd.get("it"))        # CodeNeRF's checkpoint counts in "it"
+    except ValueError:
         it = None
     if it is None:
         return (f"no checkpoint was written yet in {args.out} (one comes every ckpt_every "
