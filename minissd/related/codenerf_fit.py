@@ -122,9 +122,9 @@ class CodeNeRFTrainer(ResumableLoop):
 
     def load_state_dict(self, sd: dict, path: str = "<checkpoint>") -> None:
         self.check_checkpoint(sd, path)
-        self.net.load_state_dict(sd["net"]), self.opt.load_state_dict(sd["opt"])
-        self.bank.load_state_dict(sd["bank"]), self.gen.set_state(sd["generator"].cpu())
-        self.it, self.log = sd["it"], list(sd["log"])
+        self.load_parts(sd, path, {"net": self.net.load_state_dict, "opt": self.opt.load_state_dict,
+                                   "bank": self.bank.load_state_dict,
+                                   "generator": lambda s: self.gen.set_state(s.cpu())})
 
     def model(self, meta: dict | None = None) -> CodeNeRF:
         return CodeNeRF(self.cfg, self.net, self.bank.activated(), self.data.get("names", []),

@@ -121,13 +121,10 @@ class DiffRFTrainer(ResumableLoop):
 
     def load_state_dict(self, sd: dict, path: str = "<checkpoint>") -> None:
         self.check_checkpoint(sd, path)
-        self.bank.load_state_dict(sd["bank"])
-        self.prior.load_state_dict(sd["prior"])
-        self.ema.load_state_dict(sd["ema"])
-        self.opt.load_state_dict(sd["opt"])
-        self.gen.set_state(sd["rng"])
-        torch.set_rng_state(sd["torch_rng"].cpu())
-        self.it, self.log = sd["iter"], list(sd["log"])
+        self.load_parts(sd, path, {"bank": self.bank.load_state_dict,
+                                   **{k: getattr(self, k).load_state_dict for k in ("prior", "ema", "opt")},
+                                   "rng": self.gen.set_state,
+                                   "torch_rng": lambda s: torch.set_rng_state(s.cpu())})
 
     def model(self, meta: dict | None = None) -> DiffRFModel:
         prior = VoxelPrior(self.cfg)

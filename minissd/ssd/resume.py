@@ -172,6 +172,20 @@ class ResumableLoop:
         """The --iters that takes the schedule to iteration `it`."""
         return it
 
+    def load_parts(self, sd: dict, path: str, loaders: dict) -> None:
+        """loaders[part](sd[part]) for each part in order, then the iteration count and the
+        log; a part that does not fit this trainer (another shape, a missing key) is
+        refused naming the file and the part."""
+        part = None
+        try:
+            for part, load in loaders.items():
+                load(sd[part])
+            part = "log"
+            self.it, self.log = sd[self.ITER_KEY], list(sd["log"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ckpt.CheckpointError(f"{path}: its {part!r} does not fit this run "
+                                       f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
     def ckpt_path(self) -> str:
         return os.path.join(self.out_dir, "checkpoint.pt")
 
@@ -248,26 +262,15 @@ class Resumable(ResumableLoop):
         return -(-it // (self.total_iters // self.cfg.iters))
 
     def load_state_dict(self, sd: dict, path: str = "<checkpoint>"):
-        """Check sd (check_checkpoint), then load it; a part that does not fit this
-        trainer (another shape, a missing key) is refused naming the file and the part."""
+        """Check sd (check_checkpoint), then load it part by part (load_parts)."""
         self.check_checkpoint(sd, path)
-        part = "bank"
-        try:
-            self.bank.load_state_dict(sd["bank"])
-            part = "occupancy"
-            self.occupancy = OccupancyGrid.from_state_dict(sd["occupancy"], self.device)
-            for part in ("decoder", "prior", "opt_dec", "opt_prior", "ema_decoder", "ema_prior"):
-                getattr(self, part).load_state_dict(sd[part])
-            part = "mean_code"
-            self.mean_code = sd["mean_code"].to(self.device)
-            part = "rng"
-            self.gen.set_state(sd["rng"])
-            torch.set_rng_state(sd["torch_rng"])
-            part = "log"
-            self.it, self.log = sd["iter"], list(sd["log"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-            raise ckpt.CheckpointError(f"{path}: its {part!r} does not fit this run "
-                                       f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        self.load_parts(sd, path, {
+            "bank": self.bank.load_state_dict,
+            "occupancy": lambda s: setattr(self, "occupancy", OccupancyGrid.from_state_dict(s, self.device)),
+            **{part: getattr(self, part).load_state_dict
+               for part in ("decoder", "prior", "opt_dec", "opt_prior", "ema_decoder", "ema_prior")},
+            "mean_code": lambda s: setattr(self, "mean_code", s.to(self.device)),
+            "rng": self.gen.set_state, "torch_rng": lambda s: torch.set_rng_state(s.cpu())})
 
 
 def same_data(saved: str, wanted: str) -> bool:
