@@ -15,6 +15,9 @@ steps, loss = MSE + 1e-4 (|z_s| + |z_t|) (official: the norms, not their squares
 
 The run folder holds checkpoint.pt (everything to resume, written atomically every
 ckpt_every iterations and at the end), log.jsonl and model.pt (a `CodeNeRF` file).
+`CodeNeRFTrainer` runs in SSDNeRF's loop (ssd/resume.py `ResumableLoop`): run lock, a
+finiteness check of the loss, network and codes every iteration (a NaN stops the run and
+keeps the last good checkpoint), the resume line on Ctrl-C.
 
 Departures: each test step uses `rays` random pixels of the image (official: all pixels in
 chunks of 2048); the halving keeps AdamW's moments (official: a fresh optimiser).

@@ -6,8 +6,11 @@ then train the 3D UNet with L_RF + lambda_RGB L_RGB (diffrf.diffrf_losses, eqs. 
 One counter `it` runs over cfg.fit_iters fitting steps, then cfg.iters denoiser steps;
 checkpoint.pt (atomic, every cfg.ckpt_every steps and at the end of each stage) holds the
 grids with their per-scene Adam states, the UNet, its EMA and optimiser, the RNG and the
-log, so `--resume` continues exactly. model.pt (diffrf.DiffRFModel) holds what test time
-needs: EMA UNet and grids, in half precision.
+log (one row per step, also in log.jsonl), so `--resume` continues exactly. model.pt
+(diffrf.DiffRFModel) holds what test time needs: EMA UNet and grids, in half precision.
+`DiffRFTrainer` runs in SSDNeRF's loop (ssd/resume.py `ResumableLoop`): run lock, a
+finiteness check of the losses, grids, UNet and EMA every step (a NaN stops the run and
+keeps the last good checkpoint), the resume line on Ctrl-C.
 
 Unlike SSDNeRF (ssd/train.py), nothing flows back from the prior to the fields: the grids
 are frozen data for the denoiser (DiffRF's two-stage recipe), and L_RGB's gradient
