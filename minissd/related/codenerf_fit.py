@@ -42,8 +42,7 @@ from minissd.related.codenerf import (
     LatentBank,
     make_field,
 )
-from minissd.ssd import checkpoint as ckpt
-from minissd.ssd.model import data_id, load_training_data, model_dirs
+from minissd.ssd.model import model_dirs, train_baseline
 from minissd.ssd.resume import ResumableLoop
 from minissd.utils import randint, to_device
 
@@ -140,18 +139,14 @@ def train_codenerf(cfg: CodeNeRFConfig, data_dir: str, out_dir: str, device=None
     """Train (or resume from out_dir/checkpoint.pt) a CodeNeRF on an SRN folder; writes
     checkpoint.pt atomically every cfg.ckpt_every iterations and model.pt at the end.
     stop_after: stop after that many iterations of this session (tests)."""
-    device = pick_device(device)
-    with ckpt.RunLock(out_dir) as lock:
-        data = load_training_data(data_dir, cfg, device)
-        tr = CodeNeRFTrainer(cfg, data, device, out_dir, data_id(data_dir, len(data["names"])))
-        tr.run_lock = lock
-        if resume and tr.resume() and progress:
-            print(f"resumed {out_dir} at iteration {tr.it}/{cfg.iters}")
-        t0 = time.time()
-        tr.train(progress=progress, stop_after=stop_after)
+    device, t0 = pick_device(device), time.time()
+
+    def save_model(tr: CodeNeRFTrainer) -> CodeNeRF:
         model = tr.model({"wall_s_last_session": round(time.time() - t0, 1), "device": str(device)})
         model.save(os.path.join(out_dir, "model.pt"))
-    return model
+        return model
+    return train_baseline(CodeNeRFTrainer, cfg, data_dir, out_dir, device, resume, progress,
+                          stop_after, save_model)
 
 
 def model_key(cfg: CodeNeRFConfig) -> str:

@@ -31,8 +31,7 @@ from minissd.nerf.autodecoder import sample_rays
 from minissd.prior.ema import ema_copy, ema_update
 from minissd.related.diffrf import DiffRFConfig, DiffRFModel, VoxelPrior, diffrf_losses
 from minissd.related.voxel import empty_grids, fit_grids, fit_psnr, voxel_bank
-from minissd.ssd import checkpoint as ckpt
-from minissd.ssd.model import data_id, load_training_data, model_dirs
+from minissd.ssd.model import model_dirs, train_baseline
 from minissd.ssd.resume import ResumableLoop
 from minissd.ssd.train import warmup_factor
 from minissd.utils import randperm
@@ -140,14 +139,7 @@ class DiffRFTrainer(ResumableLoop):
 def train_diffrf(cfg: DiffRFConfig, data_dir: str, out_dir: str, device="cpu", resume: bool = True,
                  progress: bool = True, stop_after: int | None = None) -> DiffRFTrainer:
     """Train (or resume) a DiffRF run in out_dir, holding its RunLock; returns the trainer."""
-    with ckpt.RunLock(out_dir) as lock:
-        data = load_training_data(data_dir, cfg, device)
-        tr = DiffRFTrainer(cfg, data, device, out_dir, data_id(data_dir, len(data["names"])))
-        tr.run_lock = lock
-        if resume and tr.resume() and progress:
-            print(f"resumed {out_dir} at iteration {tr.it}/{tr.total_iters}")
-        tr.train(progress=progress, stop_after=stop_after)
-    return tr
+    return train_baseline(DiffRFTrainer, cfg, data_dir, out_dir, device, resume, progress, stop_after)
 
 
 def diffrf_key(cfg: DiffRFConfig, category: str = "cars") -> str:

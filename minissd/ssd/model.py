@@ -223,6 +223,24 @@ def train_run(cfg: Config, data_dir: str, mode: str, out_dir: str, device=None,
     return tr
 
 
+def train_baseline(trainer_cls, cfg, data_dir: str, out_dir: str, device="cpu", resume: bool = True,
+                   progress: bool = True, stop_after: int | None = None, finish=None):
+    """A baseline's run as train_run's (related/codenerf_fit.py CodeNeRFTrainer,
+    related/diffrf_train.py DiffRFTrainer: resume.ResumableLoop subclasses), holding
+    out_dir's RunLock: load the data, trainer_cls(cfg, data, device, out_dir, data id),
+    resume, train; then finish(trainer) if given, still under the lock (writing model.pt).
+    Returns what finish returns, else the trainer."""
+    with ckpt.RunLock(out_dir) as lock:
+        data = load_training_data(data_dir, cfg, device)
+        tr = trainer_cls(cfg, data, device, out_dir, data_id(data_dir, len(data["names"])))
+        tr.run_lock = lock
+        if resume and tr.resume() and progress:
+            print(f"resumed {out_dir} at iteration {tr.it}/{tr.total_iters}")
+        tr.train(progress=progress, stop_after=stop_after)
+        tr.run_lock = None
+        return tr if finish is None else finish(tr)
+
+
 def model_key(category, mode, cfg: Config) -> str:
     """A readable name plus a hash of the whole config: any change means another model."""
     digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
