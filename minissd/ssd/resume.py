@@ -10,9 +10,9 @@ file-level parts (atomic writes, safe loads, the run lock):
   * `train()` runs outer iterations until the end of the schedule, checkpointing every
     cfg.ckpt_every iterations and appending the log every few; the run folder is locked.
   * Every iteration checks the losses AND, cheaply (one sum per tensor), every parameter,
-    code and EMA copy (`watched`): a NaN the losses cannot see yet (an EMA weight, the denoiser in stage 1)
-    stops training at once with errors.TrainingDiverged, and the last good checkpoint is
-    kept.
+    code and EMA copy (`watched`): a NaN the losses cannot see yet (an EMA weight, the
+    denoiser in stage 1) stops training at once with errors.TrainingDiverged, and the
+    last good checkpoint is kept.
   * `save()` refuses a state holding any NaN/inf tensor (Adam moments and EMAs included);
     `resume()` checks every tensor, the structure and the config of a checkpoint before
     touching the trainer, and refuses a run asked to end before the iteration it reached.
@@ -23,7 +23,9 @@ file-level parts (atomic writes, safe loads, the run lock):
 
 A trainer provides cfg (with ckpt_every), out_dir, data_id, it, log, total_iters, mode
 (the progress bar's label), `outer_step()` (one iteration: appends and returns its log
-row), `loss_keys(row)`, `watched()`, `state_dict()` and `load_state_dict(sd, path)`.
+row), `loss_keys(row)`, `watched()`, `state_dict()` and `load_state_dict(sd, path)`
+(check_checkpoint, then load_parts). `train()`'s `while` loop is the one place that runs
+once per iteration, for every trainer.
 """
 from __future__ import annotations
 
