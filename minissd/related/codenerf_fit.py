@@ -41,6 +41,7 @@ from minissd.related.codenerf import (
     LatentBank,
     make_field,
 )
+from minissd.runtime import tick
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd.model import data_id, load_training_data, model_dirs
 from minissd.utils import randint, to_device
@@ -116,6 +117,7 @@ def train_codenerf(cfg: CodeNeRFConfig, data_dir: str, out_dir: str, device=None
         bar = tqdm(range(it, cfg.iters), desc="CodeNeRF", disable=not progress)
         for it in bar:
             rec = train_step(net, opt, bank, data, cfg, it, gen)
+            tick()                                # threads follow the free CPU (runtime.py)
             if not torch.isfinite(torch.tensor(rec["mse"])):
                 raise TrainingDiverged(f"CodeNeRF loss is {rec['mse']} at iteration {it}; "
                                        f"{path} keeps the last good state")

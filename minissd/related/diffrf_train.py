@@ -30,6 +30,7 @@ from minissd.nerf.autodecoder import sample_rays
 from minissd.prior.ema import ema_copy, ema_update
 from minissd.related.diffrf import DiffRFConfig, DiffRFModel, VoxelPrior, diffrf_losses
 from minissd.related.voxel import empty_grids, fit_grids, fit_psnr, voxel_bank
+from minissd.runtime import tick
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd.model import data_id, load_training_data, model_dirs
 from minissd.ssd.train import warmup_factor
@@ -89,6 +90,7 @@ class DiffRFTrainer:
                 self.it = stop
             else:
                 row, n = self.diffusion_step(), 1
+                tick()                        # threads follow the free CPU (runtime.py)
                 self.it += 1
             row.update(iter=self.it, wall_s=round(time.time() - t0, 3))
             bad = [k for k, v in row.items() if isinstance(v, float) and not torch.isfinite(torch.tensor(v))]

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from minissd.config import Config
 from minissd.errors import TrainingDiverged
 from minissd.nerf.occupancy import OccupancyGrid
+from minissd.runtime import tick
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd.logs import append_log, write_log
 
@@ -67,6 +68,7 @@ class Resumable:
             with tqdm(total=end, initial=self.it, disable=not progress, desc=self.mode) as bar:
                 while self.it < end:
                     row = self.outer_step()
+                    tick()                     # threads follow the free CPU (runtime.py)
                     bad = diverged(row, self.cfg) or self.nonfinite_parameters()
                     if bad:
                         self._stop(bad, row)
