@@ -111,14 +111,18 @@ def threads_for(cores: int, others: float) -> int:
     return max(1, min(cores, int(cores - max(0.0, others) + 0.5)))
 
 
+def load_average() -> tuple:
+    """os.getloadavg(), or zeros where there is none (Windows) or it cannot be read."""
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return (0.0, 0.0, 0.0)
+
+
 def auto_threads() -> int:
     """Cores this process may use minus the 1-minute load average, at least 1 (the rule
     where /proc/stat is missing, and the first guess of ThreadGovernor there)."""
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return threads_for(usable_cores(), busy)
+    return threads_for(usable_cores(), load_average()[0])
 
 
 def read_busy_seconds(path: str = "/proc/stat") -> float | None:
@@ -152,7 +156,7 @@ class ThreadGovernor:
 
     def __init__(self, cores: int | None = None, every: float = 2.0, band: float = 0.55,
                  read_busy=read_busy_seconds, read_own=time.process_time, clock=time.monotonic,
-                 sleep=time.sleep, loadavg=os.getloadavg, apply=torch.set_num_threads,
+                 sleep=time.sleep, loadavg=load_average, apply=torch.set_num_threads,
                  current=torch.get_num_threads):
         self.cores = cores or usable_cores()
         self.every, self.band = every, band
@@ -172,11 +176,7 @@ class ThreadGovernor:
         self._mark()
         wall, own = max(self._t - t0, 1e-6), self._own - own0
         if busy0 is None or self._busy is None:
-            try:
-                load = self.loadavg()[0]
-            except OSError:
-                load = 0.0
-            return max(0.0, load - own / wall)
+            return max(0.0, self.loadavg()[0] - own / wall)
         return max(0.0, (self._busy - busy0 - own) / wall)
 
     def decide(self, others: float) -> int:
