@@ -1,10 +1,10 @@
 """minissd: a small, readable PyTorch reference implementation of Single-Stage
 Diffusion NeRF (Chen et al., ICCV 2023). README.md maps the paper's equations and
 Algorithm 1 to functions; docs/modules.md lists every module.
-Importing minissd sets torch's CPU threads once for the whole package (training,
-sampling, notebooks): runtime.set_threads with $MINISSD_THREADS ("auto" by default: the
-cores not kept busy by other processes; "torch" leaves PyTorch's default, as does an
-explicit OMP_NUM_THREADS). See runtime.py for why.
+Importing minissd sets torch's CPU threads for the whole package (training, sampling,
+notebooks): runtime.set_threads with $MINISSD_THREADS ("auto" by default: the cores not
+kept busy by other processes, re-decided during long loops by runtime.tick(); "torch"
+leaves PyTorch's default, as does an explicit OMP_NUM_THREADS). See runtime.py for why.
 """
 import os
 import sys

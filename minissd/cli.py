@@ -214,8 +214,9 @@ def command_parser(name: str) -> argparse.ArgumentParser:
                                 epilog="example:\n  " + EXAMPLES[name] if name in EXAMPLES else None)
     module.add_arguments(p)
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    p.add_argument("--threads", help="CPU threads: 'auto' (the cores other processes leave free), "
-                   "'torch' (PyTorch's default) or a number; default $MINISSD_THREADS or auto")
+    p.add_argument("--threads", help="CPU threads: 'auto' (the cores other processes leave free, "
+                   "re-checked every few seconds), 'torch' (PyTorch's default) or a number; "
+                   "default $MINISSD_THREADS or auto")
     return p
 
 

@@ -17,17 +17,23 @@ descheduled thread while the waiting threads spin (GNU OpenMP, unless
 OMP_WAIT_POLICY=PASSIVE), burning the CPU the late thread needs. Measured on 2 shared cores
 (load ~15): the laptop UNet step took 14.5 s and 3.0 CPU-s with 2 spinning threads, 1.4 s
 and 0.33 CPU-s with 2 passive threads, 1.4 s and 0.27 CPU-s with 1 thread (docs/speed.md).
-`set_threads("auto")` uses the cores this process may run on (os.sched_getaffinity) minus
-the ones other processes keep busy (the 1-minute load average), at least 1; minissd calls
-it once, in `minissd/__init__.py`, unless MINISSD_THREADS says otherwise ("auto", a number,
-or "torch" for PyTorch's own default), and sets OMP_WAIT_POLICY=PASSIVE when torch has not
-been imported yet (sleeping instead of spinning at barriers).
+`set_threads("auto")` starts a ThreadGovernor: threads = the cores this process may run on
+(os.sched_getaffinity) minus the ones other processes keep busy, at least 1, measured from
+/proc/stat over a 0.1 s look when minissd is imported and then over the last few seconds
+whenever a long loop calls `tick()` (training, the baselines' trainers, DDIM sampling), so
+a competitor that starts or stops mid-run changes the count within a few iterations.
+minissd calls set_threads once, in `minissd/__init__.py`, with MINISSD_THREADS ("auto", a
+number, or "torch" for PyTorch's own default; a number or "torch" is never changed), and
+sets OMP_WAIT_POLICY=PASSIVE when torch has not been imported yet (sleeping instead of
+spinning at barriers).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
+import time
 
 import torch
 
@@ -95,27 +101,141 @@ class GradScale:
             self.scaler.update()
 
 
-def auto_threads() -> int:
-    """Cores this process may use minus the ones other processes keep busy, at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+def usable_cores() -> int:
+    """The CPUs this process may run on (os.sched_getaffinity where it exists)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_for(cores: int, others: float) -> int:
+    """The cores other processes leave free, rounded half up, between 1 and `cores`."""
+    return max(1, min(cores, int(cores - max(0.0, others) + 0.5)))
+
+
+def load_average() -> tuple:
+    """os.getloadavg(), or zeros where there is none (Windows) or it cannot be read."""
     try:
-        busy = os.getloadavg()[0]
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return (0.0, 0.0, 0.0)
+
+
+def auto_threads() -> int:
+    """Cores this process may use minus the 1-minute load average, at least 1 (the rule
+    where /proc/stat is missing, and the first guess of ThreadGovernor there)."""
+    return threads_for(usable_cores(), load_average()[0])
+
+
+def read_busy_seconds(path: str = "/proc/stat") -> float | None:
+    """CPU seconds all processes have spent on the CPUs this process may use, since boot
+    (Linux /proc/stat: user+nice+system+irq+softirq+steal of each `cpuN` line); None where
+    the file is missing or lists none of them (macOS, Windows, some containers)."""
+    try:
+        with open(path) as f:
+            lines = [line.split() for line in f if line.startswith("cpu") and line[3:4].isdigit()]
     except OSError:
-        busy = 0.0
-    return max(1, min(cores, int(cores - busy + 0.5)))
+        return None
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    jiffies = [sum(int(v) for v in (f[1:4] + f[6:9])) for f in lines
+               if mine is None or int(f[0][3:]) in mine]
+    return sum(jiffies) / os.sysconf("SC_CLK_TCK") if jiffies else None
+
+
+class ThreadGovernor:
+    """Keep torch's threads at the cores other processes leave free, during the run.
+
+    Why: an OpenMP parallel region ends at a barrier, so one descheduled thread stalls all
+    of them (see the module docstring and docs/speed.md): a thread more than the free cores
+    costs far more than the core it would add. What: over a window of at least `every`
+    seconds, others = (busy CPU seconds of this process's CPUs in /proc/stat - this
+    process's own CPU seconds) / wall seconds, and threads = cores - others rounded, at
+    least 1. Hysteresis: the count changes only when cores - others is `band` or more away
+    from it (2 threads on 2 cores stay until other processes take 0.55 of a core; a
+    competitor that shares the 2 cores with our 2 threads gets at least 2/3 of one).
+    Without /proc/stat, others = the 1-minute load average minus this process's own CPU
+    use. The readers and `apply` are arguments so that tests can feed fake readings."""
+
+    def __init__(self, cores: int | None = None, every: float = 2.0, band: float = 0.55,
+                 read_busy=read_busy_seconds, read_own=time.process_time, clock=time.monotonic,
+                 sleep=time.sleep, loadavg=load_average, apply=torch.set_num_threads,
+                 current=torch.get_num_threads):
+        self.cores = cores or usable_cores()
+        self.every, self.band = every, band
+        self.read_busy, self.read_own, self.clock, self.sleep = read_busy, read_own, clock, sleep
+        self.loadavg = loadavg
+        self.apply, self.current = apply, current
+        self.threads: int | None = None             # None until start(); 0 after someone else set them
+        self.history = collections.deque(maxlen=256)  # (others, threads) of each decision
+        self._mark()
+
+    def _mark(self):
+        self._t, self._busy, self._own = self.clock(), self.read_busy(), self.read_own()
+
+    def others(self) -> float:
+        """Cores other processes kept busy since the last mark (and set a new mark)."""
+        t0, busy0, own0 = self._t, self._busy, self._own
+        self._mark()
+        wall, own = max(self._t - t0, 1e-6), self._own - own0
+        if busy0 is None or self._busy is None:
+            return max(0.0, self.loadavg()[0] - own / wall)
+        return max(0.0, (self._busy - busy0 - own) / wall)
+
+    def decide(self, others: float) -> int:
+        """The thread count for `others` busy cores, with the hysteresis band."""
+        free = self.cores - others
+        if self.threads is None or abs(free - self.threads) >= self.band:
+            self.threads = threads_for(self.cores, others)
+        self.history.append((round(others, 3), self.threads))
+        return self.threads
+
+    def start(self, sample_s: float = 0.1) -> int:
+        """The first decision: a `sample_s` look at /proc/stat (not the lagging load average)."""
+        self._mark()
+        self.sleep(sample_s)
+        self.apply(self.decide(self.others()))
+        return self.threads
+
+    def tick(self) -> int:
+        """Re-decide if `every` seconds have passed (cheap otherwise); stop for good if
+        someone else changed torch's threads since. Returns the thread count in use."""
+        if not self.threads or self.clock() - self._t < self.every:
+            return self.current()
+        if self.current() != self.threads:
+            self.threads = 0                                 # set elsewhere: leave it alone
+            return self.current()
+        before = self.threads
+        if self.decide(self.others()) != before:
+            self.apply(self.threads)
+        return self.threads
+
+
+_governor: ThreadGovernor | None = None
+
+
+def tick() -> int:
+    """Once per iteration of a long loop (training, sampling): let the governor follow
+    the free CPU. A no-op unless threads are "auto" (MINISSD_THREADS or --threads)."""
+    return _governor.tick() if _governor is not None else torch.get_num_threads()
 
 
 def set_threads(spec: str | int = "auto") -> int:
-    """Set torch's intra-op threads: "auto" (auto_threads), "torch" (leave PyTorch's
-    default) or a number. Returns the thread count in use."""
+    """Set torch's intra-op threads: "auto" (a ThreadGovernor: the cores other processes
+    leave free, re-decided by tick()), "torch" (leave PyTorch's default) or a number.
+    Returns the thread count in use."""
+    global _governor
     spec = str(spec).strip().lower()
-    if spec != "torch":
+    if spec == "auto":
+        _governor = ThreadGovernor()
+        _governor.start()
+    elif spec != "torch":
         try:
-            n = auto_threads() if spec == "auto" else int(spec)
+            n = int(spec)
         except ValueError:
             raise ValueError(f"MINISSD_THREADS / --threads {spec!r}: expected 'auto', 'torch' "
                              "or a positive number") from None
         if n < 1:
             raise ValueError(f"MINISSD_THREADS / --threads {spec!r}: must be at least 1")
+        _governor = None
         torch.set_num_threads(n)
+    else:
+        _governor = None
     return torch.get_num_threads()

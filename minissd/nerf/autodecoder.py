@@ -40,6 +40,7 @@ from minissd.nerf.decoder import TriplaneDecoder
 from minissd.nerf.occupancy import OccupancyGrid
 from minissd.nerf.render import render_image, render_rays
 from minissd.nerf.triplane import CodeBank, code_activation, make_field
+from minissd.runtime import tick
 from minissd.utils import randint, to_device
 
 
@@ -378,6 +379,7 @@ def train_autodecoder(cfg, scene_data: dict, iters: int, device="cpu", bank: Cod
         loss = autodecoder_iteration(bank, idx, decoder, opt, data, cfg, it, 1, recipe,
                                      mean_code=mean_code, occ_warmup=occ_warmup, generator=gen,
                                      max_rays_per_pass=max_rays_per_pass, stats=stats)
+        tick()                                  # threads follow the free CPU (runtime.py)
         out_of_time = max_seconds is not None and time.time() - start > max_seconds
         if it % log_every == 0 or it == iters - 1 or out_of_time:
             rec = {"iter": it, "time": time.time() - start, "loss": float(loss.mean()),

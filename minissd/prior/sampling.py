@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minissd.prior.diffusion import eps_from_x0
+from minissd.runtime import tick
 from minissd.utils import clip_x0, per_sample, randn_like
 
 
@@ -74,4 +75,5 @@ def ddim_sample(denoise, x_T, schedule, steps: int = 50, eta: float = 0.0, gener
         if callback is not None:
             callback(i, t, x, x0_hat)
         x = ddim_step(x0_hat, x, t, s, schedule, eta, generator)
+        tick()                                  # threads follow the free CPU (runtime.py)
     return x

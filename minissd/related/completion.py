@@ -36,6 +36,7 @@ import torch
 from minissd.nerf.triplane import AXES
 from minissd.prior.sampling import _alpha_sigma, ddim_timesteps
 from minissd.related.voxel import grid_points
+from minissd.runtime import tick
 from minissd.utils import clip_x0, per_sample, rand, randn_like
 
 
@@ -131,6 +132,7 @@ def complete(denoise, schedule, f_in, m, steps: int = 50, n: int = 1, generator=
         if callback is not None:
             callback(i, t, s, f_s, f0, blend, z)
         f = f_s
+        tick()                                  # threads follow the free CPU (runtime.py)
     return f
 
 

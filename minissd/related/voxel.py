@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from minissd.nerf.autodecoder import psnr_from_mse, sample_rays
 from minissd.nerf.render import render_rays
 from minissd.nerf.triplane import CodeBank, code_activation, code_inverse_activation
+from minissd.runtime import tick
 from minissd.utils import randperm
 
 DENSITY_SCALE, DENSITY_SHIFT = 4.0, -2.0     # sigma = exp(4 f_0 - 2): e^-10 .. e^6
@@ -153,6 +154,7 @@ def fit_grids(data: dict, cfg, bank: CodeBank | None = None, start: int = 0, sto
     for step in tqdm(range(start, stop), desc="fit voxels", disable=not progress, leave=False):
         idx = randperm(N, generator, data["images"].device)[:cfg.fit_batch]
         mse = fit_step(bank, idx, data, cfg, fit_lr(cfg, step, total), generator)
+        tick()                                  # threads follow the free CPU (runtime.py)
         if callback is not None:
             callback(step, bank, mse)
     return bank

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from minissd.errors import TrainingDiverged
 from minissd.nerf.occupancy import OccupancyGrid
+from minissd.runtime import tick
 from minissd.ssd import checkpoint as ckpt
 from minissd.ssd.logs import append_log, write_log
 
@@ -83,6 +84,7 @@ class ResumableLoop:
             with tqdm(total=end, initial=self.it, disable=not progress, desc=self.mode) as bar:
                 while self.it < end:
                     row = self.outer_step()
+                    tick()                     # threads follow the free CPU (runtime.py)
                     bad = self.diverged(row) or self.nonfinite_parameters()
                     if bad:
                         self._stop(bad, row)
