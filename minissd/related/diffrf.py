@@ -74,7 +74,7 @@ class DiffRFConfig:
     unet_base: int = 16
     unet_mults: tuple = (1, 2, 4)
     unet_groups: int = 8
-    iters: int = 550
+    iters: int = 6000
     batch: int = 8
     lr: float = 1e-3
     warmup: int = 100
