@@ -8,7 +8,7 @@ from minissd.cli import main
 from minissd.prior.diffusion import NoiseSchedule
 from minissd.prior.sampling import _alpha_sigma
 from minissd.related.completion import (FieldMatch, complete, completion_step, known_points,
-                                        parse_mask, plane_mask, region_mask, voxel_mask)
+                                        parse_mask, plane_mask, region_mask, start_levels, voxel_mask)
 from minissd.related.voxel import VoxelField, grid_points
 
 
@@ -44,6 +44,32 @@ def test_resampling_keeps_the_known_region_too():
     m = voxel_mask((-1, -1, -1, 0, 1, 1), 4)
     out = complete(_denoise, sched, f_in, m, steps=4, resample=3, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(out[(m == 0).expand_as(out)], f_in[(m == 0).expand_as(f_in)], atol=1e-6)
+
+
+def test_start_begins_at_t0_from_the_filled_field_noised_and_keeps_the_known_region():
+    sched = NoiseSchedule(T=100)
+    f_in, fill = torch.rand(1, 4, 6, 6, 6) - 0.5, torch.full((1, 4, 6, 6, 6), 0.7)
+    m = voxel_mask(parse_mask("back-half"), 6)
+    assert start_levels(100, 4, 39) == [39, 29, 19, 9] and start_levels(100, 50, 9) == list(range(9, -1, -1))
+    assert start_levels(100, 5) == [99, 79, 59, 39, 19]                    # default: the whole chain
+    with pytest.raises(ValueError, match="start"):
+        start_levels(100, 5, 100)
+    calls = []
+
+    def denoise(x, t):
+        calls.append((x.clone(), t.clone()))
+        return _denoise(x, t)
+
+    out = complete(denoise, sched, f_in, m, steps=4, n=2, generator=torch.Generator().manual_seed(2),
+                   start=39, fill=fill)
+    x, t = calls[0]
+    assert t.tolist() == [39, 39] and len(calls) == 4                       # 4 levels from t0 = 39 down
+    a, s = _alpha_sigma(sched, 39, x)
+    z = torch.randn(2, 4, 6, 6, 6, generator=torch.Generator().manual_seed(2))   # the first draw
+    filled = m * fill + (1 - m) * f_in
+    assert torch.allclose(x, a[0] * filled + s[0] * z, atol=1e-6)           # q(f_t0 | filled f^in)
+    known = (m == 0).expand_as(out)
+    assert torch.allclose(out[known], f_in.expand_as(out)[known], atol=1e-6)
 
 
 def test_completion_step_is_one_loop_iteration():
@@ -99,3 +125,27 @@ def test_complete_cli_errors_are_one_line(argv, needle, made, tmp_path, capsys):
     assert main(["complete"] + [x for kv in args.items() for x in kv]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: " + needle) and "\n" not in err
+
+
+def test_complete_cli_start_runs_and_refuses_a_level_past_t(made, tmp_path, capsys):
+    import json
+    from dataclasses import replace
+
+    from minissd.data.srn import SRNDataset
+    from minissd.related.diffrf import DiffRFModel, VoxelPrior, diffrf_preset
+    cfg = replace(diffrf_preset("smoke"), grid_res=8, unet_base=8, unet_mults=(1, 2), unet_groups=4,
+                  image_res=16, n_samples=8, T=50, ddim_steps=3)
+    names = [SRNDataset(made)[i]["name"] for i in range(2)]
+    path = DiffRFModel(cfg, VoxelPrior(cfg).eval(), torch.rand(2, 4, 8, 8, 8) * 2 - 1, names).save(
+        str(tmp_path / "m.pt"))
+    base = ["complete", "--ckpt", path, "--data", made, "--mask", "back-half", "--out", str(tmp_path / "o"),
+            "--n", "2", "--objects", "1", "--views", "2"]
+    assert main(base + ["--start", "50"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --start 50") and "\n" not in err
+    assert main(base + ["--start", "20", "--json", str(tmp_path / "r.json")]) == 0
+    r = json.load(open(tmp_path / "r.json"))
+    assert r["start"] == 20 and r["objects"][0]["psnr_known"] > 0
+    assert main(base + ["--json", str(tmp_path / "p.json")]) == 0                # from pure noise
+    p = json.load(open(tmp_path / "p.json"))
+    assert p["start"] is None and p["objects"][0]["psnr_completed"] != r["objects"][0]["psnr_completed"]

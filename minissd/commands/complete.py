@@ -39,6 +39,8 @@ def add_arguments(p):
     p.add_argument("--views", type=positive(), default=8, help="views per object to measure on")
     p.add_argument("--steps", type=positive(10000), help="reverse steps (default: the model's ddim_steps)")
     p.add_argument("--resample", type=positive(100), default=1, help="RePaint resampling per step (1 = none)")
+    p.add_argument("--start", type=non_negative(9999), help="start at noise level T0 from the mean-code "
+                   "fill noised to T0 (SDEdit-like) instead of from pure noise (default: pure noise)")
     p.add_argument("--seed", type=non_negative(SEED_MAX), default=0, help="sampling seed (object i: seed + i)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
 
@@ -77,6 +79,8 @@ def run(args):
         writable_file(args.json, "--json")
     writable_dir(args.out, "--out")
     model = load_any(args.ckpt, pick_device(args.device))
+    if args.start is not None and args.start >= model.prior.schedule.T:
+        raise UserError(f"--start {args.start}: must be below the model's T = {model.prior.schedule.T}")
     ds = SRNDataset(args.data, resolution=model.cfg.image_res)
     if not 0 <= args.skip < len(ds):
         raise UserError(f"--skip {args.skip}: {args.data} has {len(ds)} objects")
@@ -97,7 +101,7 @@ def run(args):
     rows = []
     for i, sc in enumerate(tqdm(scenes, desc="complete")):
         r = evaluate_completion(model, sc, f_in[i:i + 1], box, args.n, args.steps, args.seed + i, args.resample,
-                                args.guide_lr)
+                                args.guide_lr, args.start)
         rows.append({"object": sc["name"], **{k: r[k] for k in KEYS}})
         save_figure(r, os.path.join(args.out, f"{sc['name']}.png"),
                     f"{sc['name']}: known {r['psnr_known']:.1f} dB (input {r['psnr_known_input']:.1f}), "
@@ -106,7 +110,8 @@ def run(args):
     mean = {k: (sum(ok(k)) / len(ok(k)) if ok(k) else None) for k in KEYS}
     summary = {"ckpt": args.ckpt, "model": getattr(model, "mode", ""), "data": args.data,
                "mask": args.mask, "box": box, "f_in": source, "n_proposals": args.n,
-               "resample": args.resample, "guide_lr": args.guide_lr, "skip": args.skip,
+               "resample": args.resample, "guide_lr": args.guide_lr, "start": args.start,
+               "steps": args.steps, "skip": args.skip,
                "mean": mean, "objects": rows}
     if args.json:
         write_json(summary, args.json)

@@ -15,7 +15,8 @@ f_s is EXACTLY f^in's forward-noised version q(f_s | f^in) at every step, and at
 (not DDIM's deterministic eps) is what lets the masked region be pulled towards the known
 one: f~_0 is always predicted from a field whose known part is consistent. `resample` > 1
 repeats each step that many times, noising f_s back to level t in between (RePaint's
-resampling; the default 1 does not resample: see docs/diffrf.md for the measurement).
+resampling); `start` + `fill` begin at a lower noise level from a filled field instead of
+from pure noise (docs/diffrf.md has the measurements that chose the defaults).
 
 Masks are defined in 3-D (`region_mask`: "back-half" is x > 0, "box:x0,y0,z0,x1,y1,z1"
 the box) and carried to each representation:
@@ -114,15 +115,31 @@ def renoise(f_s, s: int, t: int, schedule, generator=None):
         * randn_like(f_s, generator)
 
 
+def start_levels(T: int, steps: int, start: int | None = None) -> list:
+    """The reverse sub-sequence: `steps` DDIM levels from `start` (default T - 1) down."""
+    top = T - 1 if start is None else start
+    if not 0 <= top < T:
+        raise ValueError(f"completion: start must be in [0, {T - 1}], got {start}")
+    return ddim_timesteps(top + 1, min(steps, top + 1)).tolist()
+
+
 @torch.no_grad()
 def complete(denoise, schedule, f_in, m, steps: int = 50, n: int = 1, generator=None, guide=None,
-             resample: int = 1, callback=None) -> torch.Tensor:
+             resample: int = 1, callback=None, start: int | None = None, fill=None) -> torch.Tensor:
     """n completions (n, ...) of the field f_in (1, ...) whose region m (1 or n, ...) is
     unknown: masked completion over the DDIM sub-sequence of `steps` levels.
+    start = None: from pure noise at level T - 1 (the seed's formula). start = t0 < T - 1
+    with fill (1, ...): from q(f_t0 | m * fill + (1 - m) * f^in), SDEdit-like: the masked
+    region starts from fill (e.g. the mean training code) noised to level t0, so the
+    prior only has to carry it t0 levels instead of inventing it from noise.
     callback(i, t, s, f_s, f0_tilde, blend, z) after every step."""
     f_in = f_in.expand(n, *f_in.shape[1:])
-    ts = ddim_timesteps(schedule.T, steps).tolist()
-    f = randn_like(f_in, generator)                                          # f_T
+    ts = start_levels(schedule.T, steps, start)
+    if fill is None:
+        f = randn_like(f_in, generator)                                      # f_T
+    else:
+        a0, s0 = _alpha_sigma(schedule, ts[0], f_in)                        # q(f_t0 | filled f^in)
+        f = per_sample(a0, f_in) * (m * fill + (1 - m) * f_in) + per_sample(s0, f_in) * randn_like(f_in, generator)
     for i, t in enumerate(ts):
         s = ts[i + 1] if i + 1 < len(ts) else -1
         for r in range(resample):

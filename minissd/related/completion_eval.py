@@ -59,13 +59,15 @@ def fit_inputs(model, scenes: list, progress: bool = False) -> torch.Tensor:
 
 
 def complete_object(model, f_in, box, n: int = 3, steps: int | None = None, seed: int = 0,
-                    resample: int = 1, guide_lr: float = 1.0) -> torch.Tensor:
-    """n completions (n, ...) of one object's field f_in (1, ...) in the box."""
+                    resample: int = 1, guide_lr: float = 1.0, start: int | None = None) -> torch.Tensor:
+    """n completions (n, ...) of one object's field f_in (1, ...) in the box; start = t0:
+    from the mean-code fill noised to level t0 instead of from pure noise."""
     g = torch.Generator(model.codes.device).manual_seed(seed)
     guide = None if is_voxel(model) or guide_lr <= 0 else FieldMatch(model.field, f_in, box, lr=guide_lr,
                                                     n_samples=model.cfg.n_samples, generator=g)
+    fill = None if start is None else model.codes.mean(0, keepdim=True)
     return complete(model.prior.denoise, model.prior.schedule, f_in, code_mask(model, box),
-                    steps or model.cfg.ddim_steps, n, g, guide, resample)
+                    steps or model.cfg.ddim_steps, n, g, guide, resample, start=start, fill=fill)
 
 
 def mean_code_fill(model, f_in, box) -> torch.Tensor:
@@ -105,9 +107,9 @@ def masked_psnr(pred, gt, pix) -> float:
 
 
 def evaluate_completion(model, scene, f_in, box, n: int = 3, steps: int | None = None, seed: int = 0,
-                        resample: int = 1, guide_lr: float = 1.0) -> dict:
+                        resample: int = 1, guide_lr: float = 1.0, start: int | None = None) -> dict:
     """The five numbers of one object (module docstring), plus the images for figures."""
-    props = complete_object(model, f_in, box, n, steps, seed, resample, guide_lr)
+    props = complete_object(model, f_in, box, n, steps, seed, resample, guide_lr, start)
     base = mean_code_fill(model, f_in, box)
     r_in, pix = render_with_regions(model, f_in, scene, box)
     r_props, _ = render_with_regions(model, props, scene, box)

@@ -24,7 +24,7 @@ the voxel field (voxel.VoxelField). Sampling is DDIM/DDPM over `denoise(f_t, t) 
 (prior/sampling.py); image-to-volume synthesis corrects f~_0 by the gradient of an image
 loss at each step (`ImageGuidance`, the seed's f~_0^t <- f~_0^t - lambda grad l(I~_t, I)).
 
-    model = DiffRFModel.load("assets/models/cars-diffrf-laptop-550it-36721f64.pt")
+    model = DiffRFModel.load("assets/models/cars-diffrf-laptop-6000it-994bb6a6.pt")
     grids = sample_grids(model, 4)                       # (4, 4, G, G, G)
     images = render_views(model, grids[0], c2w, K)       # testtime.generate, any model
 """
@@ -74,7 +74,7 @@ class DiffRFConfig:
     unet_base: int = 16
     unet_mults: tuple = (1, 2, 4)
     unet_groups: int = 8
-    iters: int = 550
+    iters: int = 6000
     batch: int = 8
     lr: float = 1e-3
     warmup: int = 100
