@@ -8,10 +8,12 @@ from minissd.data.cameras import eval_view_ids, input_view_ids, scaled_view_ids
 
 
 def test_a_251_view_spiral_gives_the_papers_views():
-    assert input_view_ids(251, 1) == [64]                          # *_recons1v.py
-    assert input_view_ids(251, 2) == [64, 104]                     # *_recons2v.py
-    for count in (3, 4, 8, 16, 32):                                # *_recons{4,8,16,32}v.py: the loader's
-        official = np.round(np.linspace(0, 250, count)).astype(int).tolist()   # evenly spread set
+    # the official configs ssdnerf_cars_recons1v.py, ssdnerf_cars_recons2v.py
+    assert input_view_ids(251, 1) == [64]
+    assert input_view_ids(251, 2) == [64, 104]
+    # the official recons{4,8,16,32}v configs: the official loader's evenly spread set
+    for count in (3, 4, 8, 16, 32):
+        official = np.round(np.linspace(0, 250, count)).astype(int).tolist()
         assert input_view_ids(251, count) == official
     assert scaled_view_ids([64, 104], 251) == [64, 104]
 
