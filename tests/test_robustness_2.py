@@ -58,6 +58,7 @@ BAD_TEST_SETTINGS = [["--test-set", "lambda_gd=NaN"], ["--test-set", "ft_lr_deca
                      ["--test-set", "lambda_gd=1e309"], ["--test-set", "lambda_gd=-1"],
                      ["--test-set", "ft_inner=0"], ["--test-set", "guide_rays=-7"],
                      ["--test-set", "ft_schedule=[]"], ["--test-set", "ft_schedule=[[1,2]]"],
+                     ["--test-set", "ft_schedule=[[1,-2,0.1]]"],
                      ["--test-set", "ft_lr_decay=1.5"], ["--lambda-gd", "nan"],
                      ["--lambda-gd", "-5"], ["--steps", "100000"]]
 
