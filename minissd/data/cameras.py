@@ -172,10 +172,12 @@ def input_view_ids(n_views: int, count: int) -> list[int]:
 
       * 1 or 2 views: the paper's fixed views 64 / 64 and 104 (PAPER_INPUT_VIEWS), placed
         by `scaled_view_ids` on spirals that are not 251 views long;
-      * 3 or more: count views evenly spread over the spiral, first and last included:
-        round(linspace(0, n - 1, count)), what the official loader (lib/datasets/
-        shapenet_srn.py `ShapeNetSRN.parse_scene`) picks when a config gives no fixed views
-        (multiview_recons/ssdnerf_cars_recons{4,8,16,32}v.py: num_test_imgs = 251 - count).
+      * 3 or more: count views evenly spread over the spiral, first and last included,
+        round(linspace(0, n - 1, count)) (utils.evenly_spaced): what the official loader
+        picks when a config gives no fixed views (lib/datasets/shapenet_srn.py
+        `ShapeNetSRN.parse_scene`; the official multi-view configs
+        ssdnerf_cars_recons{4,8,16,32}v.py set num_test_imgs = 251 - count), so on
+        251 views 4 inputs are views 0, 83, 167 and 250.
 
     If two of the paper's fixed views land on the same view of a very short spiral (2
     views of n = 2, 3 or 6), the evenly spread rule is used instead."""
