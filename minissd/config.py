@@ -11,16 +11,19 @@ in well under a minute, and the shipped ones in assets/models/ load in milliseco
     cfg = preset_for_notebook()                 # smoke under MINISSD_FAST=1, else laptop/gpu
 
 A config is plain data: `asdict(cfg)` is stored in every checkpoint, and loading a
-checkpoint made with a different config raises a clear error (see checkpoint.py).
+checkpoint made with a different config raises a clear error (see checkpoint.py). The
+test-time settings (guided sampling and finetuning, eq. 5-7) are a second dataclass,
+`TestConfig`. Each field's type is read by overrides.py and its range checked by
+config_ranges.py (`validate`), so a bad value is refused naming the field.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-import math
 import os
 
 import torch
 
+from minissd.config_ranges import check_test_config, validate
 from minissd.nerf.render import NEAR_MIN
 from minissd.overrides import field_kinds, load_json_overrides, parse_pair, parse_pairs, typed_dict
 
@@ -166,18 +169,7 @@ class TestConfig:
         """Raise ValueError naming the first setting with an impossible value (NaN, a
         negative scale, zero inner steps, a malformed schedule; with `cfg`, more DDIM
         steps than the model's T); returns self."""
-        check_ranges(self, TEST_FIELD_TYPES, TEST_RANGES, where)
-        sched = self.ft_schedule
-        if not sched or not all(
-                isinstance(e, (tuple, list)) and len(e) == 3 and _is_int(e[0]) and e[0] >= 1
-                and _is_int(e[1]) and e[1] >= 0 and _is_num(e[2]) and math.isfinite(e[2])
-                and e[2] >= 0 for e in sched):
-            raise ValueError(f"{where} ft_schedule={sched!r}: expected ((from_n_views >= 1, "
-                             "outer_iterations >= 0, lr >= 0), ...), at least one entry")
-        if cfg is not None and self.recon_steps > cfg.T:
-            raise ValueError(f"{where} recon_steps={self.recon_steps}: more DDIM steps than the "
-                             f"model's T={cfg.T}")
-        return self
+        return check_test_config(self, cfg, where)
 
 
 # fields added after the shipped models, with the value files without them were made with
@@ -237,79 +229,8 @@ def get_preset(name: str, **overrides) -> Config:
     return validate(replace(PRESETS[name], **overrides))
 
 
-# ----------------------------------------------------------------- validation ----
 FIELD_TYPES = field_kinds(Config)                  # "int", "float", "str", "tuple"
 TEST_FIELD_TYPES = field_kinds(TestConfig)
-POSITIVE = ("image_res", "data_scenes", "data_views", "code_ch", "code_res", "dec_hidden",
-            "n_samples", "occ_grid_res", "scenes_per_batch", "rays_per_scene", "lr_code",
-            "lr_decoder", "lr_denoiser", "c_rend", "T", "c_diff", "unet_base", "unet_res_blocks",
-            "unet_groups", "x0_ema_momentum", "ddim_steps", "diff_steps", "iters", "ckpt_every")
-NON_NEGATIVE = ("views_per_scene", "code_reg", "near_min", "occ_threshold", "occ_warmup",
-                "warmup", "stage1_tv", "omega", "unet_dropout", "ema_beta", "ema_rampup",
-                "diff_batch", "seed")
-AT_MOST = {"image_res": 4096, "code_res": 1024, "occ_grid_res": 1024, "n_samples": 4096,
-           "rays_per_scene": 1 << 20, "scenes_per_batch": 1 << 16, "T": 100_000,
-           "ddim_steps": 100_000, "unet_dropout": 0.999, "x0_ema_momentum": 1.0,
-           "seed": 2**63 - 1}
-BELOW = {"ema_beta": 1.0}          # beta = 1 never moves the EMA (and has no half-life)
-# TestConfig: (positive, non-negative, at most)
-TEST_RANGES = (("ft_inner", "ft_lr_decay"),
-               ("lambda_gd", "recon_steps", "guide_rays", "ft_c_rend", "ft_c_diff", "ft_lr_scale",
-                "ft_rays"),
-               {"ft_lr_decay": 1.0, "recon_steps": 100_000, "guide_rays": 1 << 20,
-                "ft_rays": 1 << 20, "ft_inner": 10_000})
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def check_ranges(obj, kinds: dict, ranges: tuple, where: str) -> None:
-    """Every field of dataclass `obj` of its declared kind, finite, and within
-    ranges = (positive, non_negative, at_most[, below]); ValueError naming it otherwise."""
-    positive, non_negative, at_most = ranges[:3]
-    below = ranges[3] if len(ranges) > 3 else {}
-    for name, kind in kinds.items():
-        v = getattr(obj, name)
-        ok = {"int": _is_int, "float": _is_num, "bool": lambda x: isinstance(x, bool),
-              "str": lambda x: isinstance(x, str),
-              "tuple": lambda x: isinstance(x, (tuple, list))}[kind](v)
-        if not ok:
-            raise ValueError(f"{where} {name}={v!r}: expected {kind}")
-        if kind in ("int", "float"):
-            if not math.isfinite(v):
-                raise ValueError(f"{where} {name}={v!r}: must be a finite number")
-            if name in positive and v <= 0:
-                raise ValueError(f"{where} {name}={v!r}: must be positive")
-            if name in non_negative and v < 0:
-                raise ValueError(f"{where} {name}={v!r}: must not be negative")
-            if name in at_most and v > at_most[name]:
-                raise ValueError(f"{where} {name}={v!r}: at most {at_most[name]}")
-            if name in below and v >= below[name]:
-                raise ValueError(f"{where} {name}={v!r}: must be below {below[name]}")
-
-
-def validate(cfg: Config, where: str = "config") -> Config:
-    """Check every field's type and range; raise ValueError naming the field. Returns cfg."""
-    check_ranges(cfg, FIELD_TYPES, (POSITIVE, NON_NEGATIVE, AT_MOST, BELOW), where)
-    if cfg.schedule not in ("linear", "cosine"):
-        raise ValueError(f"{where} schedule={cfg.schedule!r}: must be 'linear' or 'cosine'")
-    for name in ("unet_mults", "unet_attn_res"):
-        if not all(_is_int(x) and x > 0 for x in getattr(cfg, name)):
-            raise ValueError(f"{where} {name}={getattr(cfg, name)!r}: positive integers expected")
-    sched = cfg.k_in_schedule
-    if not sched or not all(isinstance(p, (tuple, list)) and len(p) == 2 and _is_int(p[0])
-                            and _is_int(p[1]) and p[0] >= 0 and p[1] > 0 for p in sched):
-        raise ValueError(f"{where} k_in_schedule={sched!r}: expected ((from_iter >= 0, K_in > 0), "
-                         "...), e.g. [[0, 4], [100, 2]]")
-    if cfg.ddim_steps > cfg.T:
-        raise ValueError(f"{where} ddim_steps={cfg.ddim_steps}: more DDIM steps than T={cfg.T} "
-                         "diffusion steps")
-    return cfg
 
 
 def parse_override(text: str) -> tuple[str, object]:

@@ -18,6 +18,7 @@ from minissd.cli import (
     writable_file,
 )
 from minissd.config import pick_device
+from minissd.data.cameras import PAPER_N_VIEWS
 from minissd.data.srn import SRNDataset
 from minissd.errors import UserError
 from minissd.eval import fid
@@ -25,7 +26,6 @@ from minissd.eval.evaluate import (
     GEN_COLUMNS,
     PAPER_ABLATION,
     PAPER_GENERATION,
-    PAPER_N_VIEWS,
     PAPER_RECON,
     RECON_COLUMNS,
     calibrate_threshold,

@@ -26,6 +26,7 @@ import torch
 
 from minissd.cli import positive
 from minissd.config import get_preset, pick_device
+from minissd.data.cameras import input_view_ids
 from minissd.data.procedural import ensure_dataset
 from minissd.data.srn import SRNDataset
 from minissd.ssd.model import Model, find_model, train_run
@@ -94,7 +95,7 @@ def run(args):
     print(f"[4/5] reconstructing an unseen test car from one view with {who}")
     scene = SRNDataset(test_dir, resolution=cfg.image_res)[0]
     n_views = scene["images"].shape[0]
-    res = reconstruct_scene(model, scene, [n_views // 4], max_eval=6,
+    res = reconstruct_scene(model, scene, input_view_ids(n_views, 1), max_eval=6,
                             generator=torch.Generator(model.codes.device).manual_seed(0))
     recon = save_figure(res, os.path.join(out, "reconstruction.png"),
                         title=f"1-view reconstruction ({who}): mean PSNR "

@@ -12,6 +12,7 @@ from minissd.cli import SEED_MAX, distinct_views, non_negative, not_an_input, po
 from minissd.cli import require_positive, test_settings, writable_dir
 from minissd.commands.export_mesh import add_mesh_flags, write_meshes
 from minissd.config import pick_device
+from minissd.data.cameras import eval_view_ids
 from minissd.data.srn import SRNDataset
 from minissd.eval.evaluate import write_json
 from minissd.ssd.model import Model
@@ -50,7 +51,6 @@ def run_unposed(args):
     from minissd.related.codenerf import load_any
     from minissd.related.pose import PoseConfig
     from minissd.related.pose_eval import evaluate_pose_scene, summarise
-    from minissd.eval.evaluate import eval_view_ids
     if len(args.input_views) != 1:
         raise SystemExit(f"--input-views {args.input_views}: --unposed takes one view")
     model = load_any(args.ckpt, device=pick_device(args.device))
@@ -61,7 +61,7 @@ def run_unposed(args):
         V, v = scene["images"].shape[0], args.input_views[0]
         if not 0 <= v < V:
             raise SystemExit(f"{args.data}/{scene['name']}: has {V} views, no view {v}")
-        ev_ids = eval_view_ids(V, [v], max(1, (V - 1) // (args.max_eval or V)))
+        ev_ids = eval_view_ids(V, [v], at_most=args.max_eval)
         rows.append(evaluate_pose_scene(model, scene, v, ev_ids, PoseConfig(), args.seed + i,
                                         true_pose=False,
                                         figure=os.path.join(args.out, f"{scene['name']}_unposed.png")))

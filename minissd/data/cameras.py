@@ -1,4 +1,5 @@
-"""Cameras: pixel rays, ray/box intersection, and orbit / spiral / sphere poses.
+"""Cameras: pixel rays, ray/box intersection, orbit / spiral / sphere poses, and which
+views of a test spiral are the inputs (the SRN protocol's view 64, 64 and 104, ...).
 
 Conventions (the SRN data's, as the official lib/datasets/shapenet_srn.py reads them):
   * `c2w` is a 4x4 camera-to-world matrix in the OpenCV convention: camera x right,
@@ -15,12 +16,19 @@ Conventions (the SRN data's, as the official lib/datasets/shapenet_srn.py reads 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
+
+from minissd.utils import evenly_spaced
 
 SRN_SCALE = 0.5                                  # raw SRN units per minissd unit
 SRN_CAMERA_RADIUS = 1.3                          # SRN cars' camera distance, raw units (on disk)
 CAMERA_RADIUS = SRN_CAMERA_RADIUS / SRN_SCALE    # 2.6: the same cameras in minissd units
+PAPER_N_VIEWS = 251                              # views on an SRN test object's spiral
+# the paper's fixed input views (official configs ssdnerf_cars_recons1v.py and
+# multiview_recons/ssdnerf_cars_recons2v.py: `specific_observation_idcs`)
+PAPER_INPUT_VIEWS = {1: (64,), 2: (64, 104)}
 
 
 def pixel_rays(c2w: torch.Tensor, K: torch.Tensor, H: int, W: int):
@@ -141,3 +149,48 @@ def intrinsics(res: int, fov_deg: float = 51.98) -> torch.Tensor:
     """
     f = 0.5 * res / math.tan(math.radians(fov_deg) / 2)
     return torch.tensor([[f, 0.0, res / 2], [0.0, f, res / 2], [0.0, 0.0, 1.0]])
+
+
+# ----------------------------------------------------------------------------- test-spiral views
+def scaled_view_ids(paper_ids, n_views: int) -> list[int]:
+    """The views of an n_views spiral at the places of the paper's view indices (of 251),
+    sorted, without repeats. THE one mapping from the paper's indices to a spiral.
+
+    n_views >= 251: the indices themselves (SRN test objects have exactly 251 views, so view
+    64 is the paper's view 64). Shorter spirals (our procedural test splits): paper view v
+    becomes the nearest view at the same fraction of the way round, floor(v n / 251 + 1/2)
+    mod n, in exact arithmetic (64 -> 6 of 24 views, 13 of 50; for an integer v < 251 and
+    n < 251, v n / 251 is never a tie, so half-up and half-even agree)."""
+    if n_views >= PAPER_N_VIEWS:
+        return sorted({int(v) for v in paper_ids})
+    return sorted({math.floor(Fraction(int(v)) * n_views / PAPER_N_VIEWS + Fraction(1, 2)) % n_views
+                   for v in paper_ids})
+
+
+def input_view_ids(n_views: int, count: int) -> list[int]:
+    """The `count` input views of an n_views test spiral, as the paper picks them:
+
+      * 1 or 2 views: the paper's fixed views 64 / 64 and 104 (PAPER_INPUT_VIEWS), placed
+        by `scaled_view_ids` on spirals that are not 251 views long;
+      * 3 or more: count views evenly spread over the spiral, first and last included,
+        round(linspace(0, n - 1, count)) (utils.evenly_spaced): what the official loader
+        picks when a config gives no fixed views (lib/datasets/shapenet_srn.py
+        `ShapeNetSRN.parse_scene`; the official multi-view configs
+        ssdnerf_cars_recons{4,8,16,32}v.py set num_test_imgs = 251 - count), so on
+        251 views 4 inputs are views 0, 83, 167 and 250.
+
+    If two of the paper's fixed views land on the same view of a very short spiral (2
+    views of n = 2, 3 or 6), the evenly spread rule is used instead."""
+    if not 1 <= count <= n_views:
+        raise ValueError(f"input_view_ids: {count} input views, but the scene has {n_views}")
+    ids = scaled_view_ids(PAPER_INPUT_VIEWS[count], n_views) if count in PAPER_INPUT_VIEWS else []
+    return ids if len(ids) == count else evenly_spaced(n_views, count)
+
+
+def eval_view_ids(n_views: int, input_ids, every: int = 1, at_most: int | None = None) -> list[int]:
+    """The views scored against the ground truth: every `every`-th view that is not an
+    input (every=1: all of them, as the paper scores all 251 - count other views), then, if
+    `at_most` is given, at most that many of those, evenly spread (first and last kept)."""
+    inputs = set(input_ids)
+    rest = [i for i in range(n_views) if i not in inputs][::max(1, every)]
+    return [rest[j] for j in evenly_spaced(len(rest), at_most)] if at_most else rest

@@ -8,9 +8,10 @@ the other views and compared with the ground truth:
     FID between all predicted novel views and all ground-truth novel views.
 SRN test objects have 251 spiral views; the input is view 64 (1 view) or 64 and 104
 (2 views) and the other views are evaluated. Our procedural test splits have fewer
-views, so a paper index v becomes round(v * n / 251) for a scene of n < 251 views (the
-same place on the spiral: 64 -> 6 of 24 views). `eval_every` keeps every k-th
-non-input view (1 = all of them, the paper) to make CPU runs short.
+views, so a paper index v becomes the nearest view at the same place on the spiral,
+floor(v n / 251 + 1/2) for a scene of n < 251 views (64 -> 6 of 24 views): the one rule
+data/cameras.py:scaled_view_ids, which reconstruct.py's input views use too. `eval_every`
+keeps every k-th non-input view (1 = all of them, the paper) to make CPU runs short.
 
 Generation: n codes x ~ DDIM(x_T), x_T ~ N(0, I) (generate.sample_codes), then
     COV, MMD: Chamfer distance between surface points of each sample and the true surface
@@ -39,13 +40,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minissd.data.cameras import eval_view_ids, scaled_view_ids
 from minissd.data.srn import SRNDataset
 from minissd.eval import fid, geometry, metrics
 from minissd.ssd.checkpoint import write_atomic
 from minissd.testtime.generate import render_views, sample_codes
 from minissd.testtime.reconstruct import ABLATIONS, guided_code, reconstruct_scene, select_views
 
-PAPER_N_VIEWS = 251
 FINETUNE_SEED = 1_000_003      # finetuning's generator: seed + i + FINETUNE_SEED
 RECON_COLUMNS = ("PSNR", "SSIM", "LPIPS", "FID")
 GEN_COLUMNS = ("COV", "MMD", "IMG_COV", "IMG_MMD", "IMG_PREC", "FID", "KID")
@@ -71,20 +72,6 @@ PAPER_GENERATION = {  # Table 1 (KID stored unscaled); COV/MMD: DiffRF's table, 
     "paper cars 2-stage": {"COV": None, "MMD": None, "FID": 16.33, "KID": 6.38e-3},
     "paper tables 1-stage": {"COV": None, "MMD": None, "FID": 14.27, "KID": 4.08e-3},
     "DiffRF tables": {"COV": 0.6154, "MMD": 7.610e-3, "FID": 27.06, "KID": 10.03e-3}}
-
-
-# ----------------------------------------------------------------------------- views
-def scaled_view_ids(paper_ids, n_views: int) -> list[int]:
-    """The paper's view indices (of 251) at the same place on a spiral of n_views views."""
-    if n_views >= PAPER_N_VIEWS:
-        return sorted(set(int(v) for v in paper_ids))
-    return sorted({round(v * n_views / PAPER_N_VIEWS) % n_views for v in paper_ids})
-
-
-def eval_view_ids(n_views: int, input_ids, every: int = 1) -> list[int]:
-    """Every `every`-th view that is not an input view (every=1: all, as in the paper)."""
-    rest = [i for i in range(n_views) if i not in set(input_ids)]
-    return rest[::max(1, every)]
 
 
 def _dataset(data, res):

@@ -20,8 +20,9 @@ with R random rays drawn across all N_v views of the scene, C(r; x, psi) the vol
 rendering of eq. 1 (render.py) and y_r the pixel colour. `autodecoder_iteration` is the
 one auto-decoder loop of minissd: `train_autodecoder` (notebooks 01-02), stage 1 of the
 two-stage baseline and lines 6-13 of Algorithm 1 (ssd/train.py) all run it, with the
-regulariser, code initialisation and occupancy schedule of a `Recipe`: STAGE1_RECIPE holds
-the official stage-1 values (TV^1.5, mean-code init, grids refreshed every outer iteration).
+regulariser, code initialisation and occupancy schedule of a `Recipe` (recipes.py, which also
+holds the regularisers and the running mean code): STAGE1_RECIPE holds the official stage-1
+values (TV^1.5, mean-code init, grids refreshed every outer iteration).
 
 x in the regulariser is the activated code 2 tanh(code_).
 """
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -38,6 +39,20 @@ from tqdm.auto import tqdm
 from minissd.data.cameras import rays_at_pixels
 from minissd.nerf.decoder import TriplaneDecoder
 from minissd.nerf.occupancy import OccupancyGrid
+# re-exported: the recipe names were defined here before recipes.py split them out
+from minissd.nerf.recipes import (  # noqa: F401
+    MEAN_CODE_MOMENTUM,
+    NOTEBOOK_RECIPE,
+    SINGLE_STAGE_RECIPE,
+    STAGE1_RECIPE,
+    TORCH_NGP_OCC_EVERY,
+    Recipe,
+    code_regulariser,
+    init_from_mean,
+    refresh_due,
+    tv_regulariser,
+    update_mean_code,
+)
 from minissd.nerf.render import render_image, render_rays
 from minissd.nerf.triplane import CodeBank, code_activation, make_field
 from minissd.runtime import tick
@@ -75,27 +90,6 @@ def lambda_rend(c_rend: float, n_views: int) -> float:
     N_v views' pixels carries an extra 1/N_v that the mean already contains): fewer views,
     less weight, so a 1-view finetune leans on the prior about 10x more than 50 views."""
     return c_rend * (1.0 - math.exp(-0.1 * n_views))
-
-
-def tv_regulariser(x: torch.Tensor, power: float = 1.5) -> torch.Tensor:
-    """Total variation of each plane, per scene: x (B, 3, C, R, R) -> (B,).
-
-    mean over texels of ||(dx, dy)||^power with forward differences (zero at the last row
-    and column), as the official `TVLoss` (lib/models/losses/tv_loss.py) that regularises
-    the codes in stage 1 of the two-stage baseline (power 1.5, weight 1)."""
-    dx = torch.nn.functional.pad(x.diff(dim=-1), (0, 1))
-    dy = torch.nn.functional.pad(x.diff(dim=-2), (0, 0, 0, 1))
-    return (dx.pow(2) + dy.pow(2) + 1e-12).sqrt().pow(power).flatten(1).mean(1)
-
-
-def code_regulariser(x: torch.Tensor, cfg, kind: str = "l2") -> torch.Tensor:
-    """The code term of the rendering loss, per scene (B,): "l2" cfg.code_reg * mean(x^2)
-    (the paper's configs), "tv" cfg.stage1_tv * TV^1.5 (the official stage-1 baseline)."""
-    if kind == "l2":
-        return cfg.code_reg * x.pow(2).flatten(1).mean(1)
-    if kind == "tv":
-        return cfg.stage1_tv * tv_regulariser(x)
-    raise ValueError(f"code_regulariser: kind must be 'l2' or 'tv', got {kind!r}")
 
 
 def rendering_loss(decoder, x: torch.Tensor, origins, dirs, target, cfg, n_views: int,
@@ -202,68 +196,6 @@ def heldout_psnr(decoder, x: torch.Tensor, scene_data: dict, cfg, occupancy=None
     return psnr_from_mse(mse).mean(dim=1)
 
 
-# How often train_autodecoder rebuilds the batch's occupancy grids: torch-ngp's
-# `update_extra_interval` (16 steps; the official code's ray marcher and density grid come
-# from torch-ngp). The official SSDNeRF refreshes once per outer iteration (occ_every=1).
-TORCH_NGP_OCC_EVERY = 16
-# Momentum of the running mean code that stage 1 of the baseline starts new codes from
-# (official `mean_ema_update`).
-MEAN_CODE_MOMENTUM = 1e-3
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How an auto-decoder iteration treats codes and occupancy grids (`autodecoder_iteration`).
-
-    reg: the code regulariser, "l2" (cfg.code_reg * mean(x^2), the paper) or "tv"
-      (cfg.stage1_tv * TV^1.5, the official stage 1 of the two-stage baseline);
-    init: "uniform" (codes keep CodeBank's U(+-1e-4) start) or "mean" (a scene's code is
-      set to the running mean code when the scene is first drawn, official `init_from_mean`);
-    occ_every: the batch's grids are rebuilt every occ_every iterations after warm-up;
-    occ_jitter: random probes per cell besides its centre when rebuilding;
-    occ_first: rebuild before the batch's rendering steps (official) or after them;
-    mean_loss: the rendering losses are averaged over the batch's scenes (True, the E_i of
-      eq. 1) or summed (False).
-    """
-    reg: str = "l2"
-    init: str = "uniform"
-    occ_every: int = TORCH_NGP_OCC_EVERY
-    occ_jitter: int = 4
-    occ_first: bool = False
-    mean_loss: bool = False
-
-    def __post_init__(self):
-        if self.reg not in ("l2", "tv") or self.init not in ("uniform", "mean") or self.occ_every < 1:
-            raise ValueError(f"Recipe: reg 'l2'|'tv', init 'uniform'|'mean', occ_every >= 1; got {self}")
-
-
-NOTEBOOK_RECIPE = Recipe()           # train_autodecoder: notebooks 01-02 and bench_autodecoder
-# Algorithm 1's rendering half, and the official stage-1 configs (TV^1.5 weight 1, mean-code
-# init); both refresh the grids once per outer iteration before rendering, as the official code
-SINGLE_STAGE_RECIPE = Recipe(reg="l2", init="uniform", occ_every=1, occ_jitter=1, occ_first=True,
-                             mean_loss=True)
-STAGE1_RECIPE = replace(SINGLE_STAGE_RECIPE, reg="tv", init="mean")
-
-
-@torch.no_grad()
-def init_from_mean(bank: CodeBank, idx, mean_code: torch.Tensor) -> None:
-    """Codes of the scenes of idx never stepped yet <- the mean code (3, C, R, R)."""
-    new = bank.fresh(idx)
-    if len(new):
-        bank.set_activated(new, mean_code[None])
-
-
-@torch.no_grad()
-def update_mean_code(bank: CodeBank, idx, mean_code: torch.Tensor,
-                     momentum: float = MEAN_CODE_MOMENTUM, average=None) -> None:
-    """In place: mean_code <- EMA of the batch-mean activated code. `average(t)` (torchrun:
-    distributed.ShardedTrainer) replaces t in place by its mean over the ranks' batches."""
-    batch_mean = bank.activated(idx).mean(0)                                # (3, C, R, R)
-    if average is not None:
-        average(batch_mean)
-    mean_code.mul_(1 - momentum).add_(momentum * batch_mean)
-
-
 def inner_step(bank: CodeBank, idx, decoder, opt_dec, data: dict, cfg, n_views: int,
                recipe: Recipe = NOTEBOOK_RECIPE, *, prior_grad=None, step_decoder: bool = True,
                generator=None, max_rays_per_pass: int = 2048, stats: dict | None = None,
@@ -283,11 +215,6 @@ def inner_step(bank: CodeBank, idx, decoder, opt_dec, data: dict, cfg, n_views: 
         opt_dec.step()
     decoder.zero_grad(set_to_none=True)
     return losses
-
-
-def refresh_due(it: int, occ_warmup: int, recipe: Recipe) -> bool:
-    """Does iteration `it` rebuild the batch's grids? (never during warm-up)"""
-    return it >= occ_warmup and it % recipe.occ_every == 0
 
 
 def autodecoder_iteration(bank: CodeBank, idx, decoder, opt_dec, data: dict, cfg, it: int,

@@ -2,7 +2,7 @@
 CodeNeRF or an SSDNeRF model (the seed's CodeNeRF tables; SSDNeRF's Table 2 protocol).
 
 For each test object: the input is view 64 of its 251-view spiral (scaled on shorter
-spirals, eval.evaluate.scaled_view_ids), the score is PSNR / SSIM on every `eval_every`-th
+spirals, data.cameras.scaled_view_ids), the score is PSNR / SSIM on every `eval_every`-th
 other view rendered with the TRUE cameras of those views:
 
     true pose       the code(s) fitted with the input view's true camera
@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minissd.data.cameras import eval_view_ids, scaled_view_ids
 from minissd.eval import metrics
-from minissd.eval.evaluate import FINETUNE_SEED, _dataset, eval_view_ids, scaled_view_ids
+from minissd.eval.evaluate import FINETUNE_SEED, _dataset
 from minissd.related.codenerf_fit import fit_codes_posed, render_codes
 from minissd.related.pose import PoseConfig, pose_errors, unposed
 from minissd.testtime.generate import render_views

@@ -12,8 +12,10 @@ on 8-bit-quantised predictions, metrics.py). The paper's ablation (Table 3, SRN 
     A2  single-stage model, finetune rend only    (23.13)
     A3  single-stage model, no finetuning         (23.07)
 
-Input views follow SRN: view 64 (1 view), 64 and 104 (2 views) when a scene has more
-than 104 views; otherwise (and for more views) views spread evenly over the scene.
+Input views follow the paper: view 64 (1 view), 64 and 104 (2 views) of a 251-view
+spiral, placed at the same fraction of the way round on shorter spirals; 3 or more views
+spread evenly over the spiral (data/cameras.py:input_view_ids, the one rule evaluate.py
+uses too).
 
     python -m minissd reconstruct --ckpt MODEL.pt --data TEST_DIR --input-views 64 104 --out DIR
 
@@ -31,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minissd.config import TestConfig
+from minissd.data.cameras import eval_view_ids, input_view_ids
 from minissd.eval.metrics import psnr, ssim
 from minissd.testtime.finetune import finetune as finetune_codes
 from minissd.testtime.generate import noise, render_views
@@ -104,15 +107,6 @@ def reconstruct(model, views: dict, finetune: str = "rend+diff", *,
     return x[0]
 
 
-def input_view_ids(n_total: int, count: int) -> list[int]:
-    """SRN's input views (64; 64, 104) when the scene has them, else evenly spread views."""
-    if count > n_total:
-        raise ValueError(f"input_view_ids: {count} input views, but the scene has {n_total}")
-    if count <= 2 and n_total > 104:
-        return [64, 104][:count]
-    return sorted({(n_total // 4 + round(i * n_total / count)) % n_total for i in range(count)})
-
-
 def select_views(scene: dict, ids) -> dict:
     ids = torch.as_tensor(list(ids), dtype=torch.long)
     K = scene["K"]
@@ -125,12 +119,8 @@ def reconstruct_scene(model, scene: dict, input_ids, eval_ids=None, max_eval: in
     """Reconstruct `scene` (an SRNDataset item) from its views input_ids and evaluate on
     eval_ids (default: every other view, at most max_eval of them, evenly spread).
     Returns code, inputs, preds, gts (V, H, W, 3) and per-view psnr, ssim (tensors)."""
-    n = scene["images"].shape[0]
     if eval_ids is None:
-        eval_ids = [i for i in range(n) if i not in set(input_ids)]
-        if max_eval and len(eval_ids) > max_eval:
-            eval_ids = [eval_ids[round(j * (len(eval_ids) - 1) / max(1, max_eval - 1))]
-                        for j in range(max_eval)]
+        eval_ids = eval_view_ids(scene["images"].shape[0], input_ids, at_most=max_eval)
     code = reconstruct(model, select_views(scene, input_ids), **kwargs)
     ev = select_views(scene, eval_ids)
     H = scene["images"].shape[1]
@@ -148,9 +138,7 @@ def sparse_to_dense(model, scene: dict, view_counts=(1, 2, 4, 8, 16), max_eval: 
     n = scene["images"].shape[0]
     counts = [c for c in view_counts if c < n]
     used = set().union(*(input_view_ids(n, c) for c in counts))
-    held = [i for i in range(n) if i not in used]
-    if max_eval and len(held) > max_eval:
-        held = [held[round(j * (len(held) - 1) / max(1, max_eval - 1))] for j in range(max_eval)]
+    held = eval_view_ids(n, used, at_most=max_eval)
     out = {}
     for c in tqdm(counts, desc="sparse to dense", disable=not progress):
         r = reconstruct_scene(model, scene, input_view_ids(n, c), eval_ids=held, **kwargs)
