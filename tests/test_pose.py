@@ -92,16 +92,22 @@ def test_starts_include_the_front_back_flip_of_every_grid_start():
     assert float(pose.rotation_error_deg(starts[0, :3, :3], starts[2, :3, :3])) >= pcfg.min_sep
 
 
-def test_a_flip_that_is_already_a_start_is_not_probed_twice():
-    """Grid ranked so that the second-best camera IS the flip of the best: 2 starts, not 4."""
+def test_a_grid_camera_near_an_earlier_flip_is_skipped_the_exact_flip_kept():
+    """Grid ranked so that the second-best camera lies near the flip of the best: the start
+    list keeps the EXACT flip and skips that grid camera (a worse stand-in for the flip)."""
     pcfg = pose.PoseConfig(starts=2)
     cams = pose.sphere_grid(pcfg)
-    j = min(range(len(cams)), key=lambda i: float(
-        pose.rotation_error_deg(cams[i, :3, :3], pose.flip(cams[0])[:3, :3])))
+    near = [i for i in range(1, len(cams)) if 5 < float(
+        pose.rotation_error_deg(cams[i, :3, :3], pose.flip(cams[0])[:3, :3])) < pcfg.min_sep]
+    j = near[0]
     order = [0, j] + [i for i in range(len(cams)) if i not in (0, j)]
     starts = pose.pick_starts(cams[order], torch.arange(len(cams), dtype=torch.float32), pcfg)
-    assert len(starts) == 2
-    assert abs(float(pose.rotation_error_deg(starts[0, :3, :3], starts[1, :3, :3])) - 180) < 0.1
+    assert len(starts) == 4
+    assert torch.allclose(starts[1], pose.flip(cams[0]), atol=1e-6)
+    assert not any(torch.allclose(s, cams[j], atol=1e-4) for s in starts)
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert float(pose.rotation_error_deg(starts[a, :3, :3], starts[b, :3, :3])) >= pcfg.min_sep
 
 
 def test_camera_only_probe_keeps_the_code_and_scores_the_whole_image():

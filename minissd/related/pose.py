@@ -17,9 +17,9 @@ The protocol (nothing comes from the ground-truth pose):
      mean training triplane) from cameras on the viewing sphere (n_azimuth x elevations at
      the category's camera distance, looking at the origin) and rank them by the
      photometric loss against the downsampled input image (`grid_search`);
-  2. starts: the best `starts` cameras at least min_sep degrees apart, EACH with its flip
-     by 180 degrees about the vertical (a car's front and back look alike; a flip that
-     lands within min_sep of a start is dropped) (`pick_starts`);
+  2. starts: the best `starts` grid cameras at least min_sep degrees apart, EACH with its
+     exact flip by 180 degrees about the vertical (a car's front and back look alike)
+     (`pick_starts`);
   3. camera-only probes: each start moves the camera alone for `probe_steps`, the code(s)
      FIXED at the mean, and is scored by the full-image loss at its final camera (`probe`).
      A free code would repaint itself to fit the image from the wrong side and hide the
@@ -59,7 +59,7 @@ class PoseConfig:
     elevations: tuple = (10.0, 30.0, 50.0)   # grid: elevations (degrees)
     radius: float = CAMERA_RADIUS    # the category's camera distance (start of rho = 0)
     grid_res: int = 16               # grid search renders at this resolution
-    starts: int = 3                  # best grid cameras optimised (+ the front/back flip of each)
+    starts: int = 2                  # grid cameras probed, each with its front/back flip
     min_sep: float = 40.0            # degrees between two starts
     probe_steps: int = 40            # camera-only steps per start before the best one is kept
     steps: int = 200                 # steps in all for the kept start
@@ -145,21 +145,20 @@ def grid_search(field, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig, n
 
 
 def pick_starts(cams: torch.Tensor, losses: torch.Tensor, pcfg: PoseConfig) -> torch.Tensor:
-    """The best `starts` grid cameras at least min_sep degrees apart, each followed by its
-    front/back flip unless a start already lies within min_sep of that flip (no wasted
-    probe): at most 2 * starts cameras (S, 4, 4)."""
+    """Grid cameras in ranked order, each followed by its EXACT front/back flip, skipping a
+    grid camera within min_sep degrees of a start already kept (e.g. a grid camera near
+    an earlier flip), until `starts` grid cameras are kept: (2 * starts, 4, 4). Every
+    start and its flip are equally far from the two sides, so the probes compare the
+    sides fairly (a grid camera standing in for the flip would start off by up to a grid
+    step and lose for that reason alone)."""
     far = lambda c, kept: all(float(rotation_error_deg(c[:3, :3], k[:3, :3])) >= pcfg.min_sep
                               for k in kept)                           # noqa: E731
-    best = []
-    for c in cams:
-        if far(c, best):
-            best.append(c)
-        if len(best) == pcfg.starts:
-            break
     starts = []
-    for c in best:
-        starts += [c] if far(c, starts) else []
-        starts += [flip(c)] if far(flip(c), starts + best) else []
+    for c in cams:
+        if far(c, starts):
+            starts += [c, flip(c)]
+        if len(starts) == 2 * pcfg.starts:
+            break
     return torch.stack(starts)
 
 
