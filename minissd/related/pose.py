@@ -246,8 +246,10 @@ def _result(best: dict, starts, **code) -> dict:
 def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig | None = None,
                      generator=None, callback=None) -> dict:
     """Pose and codes of one unposed image (H, W, 3) (CodeNeRF eq. 5). Returns {"c2w" (4, 4),
-    "codes" (1, 2, D), "history": [c2w after each step], "losses", "starts", "probe_losses"}.
-    callback(step, c2w, codes, loss) after every step of every start."""
+    "codes" (1, 2, D), "history": [c2w after each step of the kept probe, then of the
+    refinement], "losses", "starts", "probe_losses" (each probe's full-image score), "kept"
+    (index of the kept start), "probe_c2w" (each probe's final camera)}.
+    callback(step, c2w, codes, loss) after every step (codes None during the probes)."""
     pcfg = pcfg or PoseConfig()
     cams, losses = grid_search(model.field(model.mean_code()), image, K, pcfg, model.cfg.n_samples,
                                model.cfg.near_min)
@@ -278,12 +280,13 @@ def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConf
 # ------------------------------------------------------------------ SSDNeRF
 def unposed_ssdnerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig | None = None,
                     generator=None, callback=None) -> dict:
-    """The camera of one unposed image for an SSDNeRF `Model`: from the mean training
-    triplane, alternate a pose step (code fixed) and a code step (pose fixed; rendering +
+    """The camera of one unposed image for an SSDNeRF `Model`: camera-only probes of the
+    mean training triplane from every start (`probe`); from the kept probe's camera,
+    alternate a pose step (code fixed) and a code step (pose fixed; rendering +
     the cached prior gradient of eq. 7, one denoiser pass every prior_every steps). The
     caller then reconstructs at result["c2w"] with guided sampling + finetuning
     (`testtime.reconstruct.reconstruct`). Returns {"c2w", "code" (1, 3, C, R, R), "history",
-    "losses", "starts", "probe_losses"}."""
+    "losses", "starts", "probe_losses", "kept", "probe_c2w"} as unposed_codenerf."""
     pcfg = pcfg or PoseConfig()
     cfg, tcfg = model.cfg, model.test
     mean = model.codes.mean(dim=0, keepdim=True)                         # (1, 3, C, R, R)
