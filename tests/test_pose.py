@@ -81,14 +81,59 @@ def test_small_pose_perturbation_of_a_training_scene_is_recovered():
     assert trans < 0.03
 
 
-def test_starts_include_the_front_back_flip():
+def test_starts_include_the_front_back_flip_of_every_grid_start():
     pcfg = pose.PoseConfig(starts=2)
     cams = pose.sphere_grid(pcfg)
     starts = pose.pick_starts(cams, torch.arange(len(cams), dtype=torch.float32), pcfg)
-    assert len(starts) == 3
-    assert abs(float(pose.rotation_error_deg(starts[-1, :3, :3], cams[0, :3, :3])) - 180) < 1e-3
-    assert torch.allclose(starts[-1, 2, 3], cams[0, 2, 3])   # same height, opposite side
-    assert float(pose.rotation_error_deg(starts[0, :3, :3], starts[1, :3, :3])) >= pcfg.min_sep
+    assert len(starts) == 4                                   # two grid cameras, each with its flip
+    for k in (0, 2):
+        assert abs(float(pose.rotation_error_deg(starts[k + 1, :3, :3], starts[k, :3, :3])) - 180) < 0.1
+        assert torch.allclose(starts[k + 1, 2, 3], starts[k, 2, 3])   # same height, opposite side
+    assert float(pose.rotation_error_deg(starts[0, :3, :3], starts[2, :3, :3])) >= pcfg.min_sep
+
+
+def test_a_grid_camera_near_an_earlier_flip_is_skipped_the_exact_flip_kept():
+    """Grid ranked so that the second-best camera lies near the flip of the best: the start
+    list keeps the EXACT flip and skips that grid camera (a worse stand-in for the flip)."""
+    pcfg = pose.PoseConfig(starts=2)
+    cams = pose.sphere_grid(pcfg)
+    near = [i for i in range(1, len(cams)) if 5 < float(
+        pose.rotation_error_deg(cams[i, :3, :3], pose.flip(cams[0])[:3, :3])) < pcfg.min_sep]
+    j = near[0]
+    order = [0, j] + [i for i in range(len(cams)) if i not in (0, j)]
+    starts = pose.pick_starts(cams[order], torch.arange(len(cams), dtype=torch.float32), pcfg)
+    assert len(starts) == 4
+    assert torch.allclose(starts[1], pose.flip(cams[0]), atol=1e-6)
+    assert not any(torch.allclose(s, cams[j], atol=1e-4) for s in starts)
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert float(pose.rotation_error_deg(starts[a, :3, :3], starts[b, :3, :3])) >= pcfg.min_sep
+
+
+def test_camera_only_probe_keeps_the_code_and_scores_the_whole_image():
+    """A probe moves only the camera (the code and the network do not change) and its score
+    is the deterministic full-image loss at its final camera; a start on the right side
+    scores lower than its flip."""
+    path = sorted(glob.glob(os.path.join(ROOT, "assets", "models", "cars-single-stage-smoke-allv-*.pt")))[0]
+    model = load_any(path)
+    res = 16
+    c2w_gt = look_at(sphere_to_xyz(2.6, 0.8, 0.45))
+    K = torch.tensor([[res * 1.0, 0, res / 2], [0, res * 1.0, res / 2], [0, 0, 1]])
+    code = model.codes[:1].clone()
+    field = model.field(code)
+    image = render_image(field, c2w_gt[None], K, res, res, model.cfg.n_samples)["rgb"][0]
+    before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    pcfg = pose.PoseConfig(probe_steps=5, rays=64)
+    start = pose.camera(c2w_gt, torch.tensor([0.05, 0.0, 0.05, 0.0, 0.0, 0.0, 0.0]))
+    right = pose.probe(field, start, K, image, pcfg, model.cfg.n_samples,
+                       generator=torch.Generator().manual_seed(0))
+    wrong = pose.probe(field, pose.flip(start), K, image, pcfg, model.cfg.n_samples,
+                       generator=torch.Generator().manual_seed(0))
+    assert len(right["history"]) == 5 and not torch.equal(right["c2w"], start)
+    assert torch.equal(code, model.codes[:1])
+    assert all(torch.equal(v, model.decoder.state_dict()[k]) for k, v in before.items())
+    assert right["score"] == pytest.approx(pose.image_loss(field, right["c2w"], K, image, model.cfg.n_samples))
+    assert right["score"] < wrong["score"]
 
 
 @pytest.mark.parametrize("bad", ["notamodel", "views"])

@@ -64,6 +64,9 @@ def add_arguments(p):
     p.add_argument("--threshold", type=float, help="generation: density threshold (skips calibration)")
     p.add_argument("--train-data", help="generation: the model's training folder, to calibrate the threshold")
     p.add_argument("--grid-res", type=positive(512), default=48, help="generation: density grid resolution")
+    p.add_argument("--no-true-pose", action="store_true",
+                   help="pose: skip the fits with the TRUE camera (their columns are n/a); the "
+                        "estimated-pose side alone")
     p.add_argument("--json", required=True, help="output JSON file")
     p.add_argument("--seed", type=non_negative(SEED_MAX), default=0, help="sampling seed (scene i: seed + i)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
@@ -106,7 +109,7 @@ def run_pose(args):
     if len(SRNDataset(args.data)) == 0:
         raise UserError(f"--data {args.data}: no scenes")
     res = evaluate_pose(model, args.data, n_scenes=args.scenes, input_view=args.input_views[0],
-                        eval_every=args.eval_every, seed=args.seed,
+                        eval_every=args.eval_every, seed=args.seed, true_pose=not args.no_true_pose,
                         on_row=lambda r: write_json({"args": vars(args), "results": r,
                                                      "partial": True}, args.json))
     table = pose_table({f"{res['model']} ({os.path.basename(args.ckpt)})": res})

@@ -17,11 +17,16 @@ The protocol (nothing comes from the ground-truth pose):
      mean training triplane) from cameras on the viewing sphere (n_azimuth x elevations at
      the category's camera distance, looking at the origin) and rank them by the
      photometric loss against the downsampled input image (`grid_search`);
-  2. starts: the best `starts` cameras at least min_sep degrees apart, plus the best one
-     turned by 180 degrees about the vertical (a car's front and back look alike)
+  2. starts: the best `starts` grid cameras at least min_sep degrees apart, EACH with its
+     exact flip by 180 degrees about the vertical (a car's front and back look alike)
      (`pick_starts`);
-  3. each start is optimised for `probe_steps`; the one with the lowest rendering loss
-     continues to `steps` in all (`unposed_codenerf`, `unposed_ssdnerf`).
+  3. camera-only probes: each start moves the camera alone for `probe_steps`, the code(s)
+     FIXED at the mean, and is scored by the full-image loss at its final camera (`probe`).
+     A free code would repaint itself to fit the image from the wrong side and hide the
+     difference between the sides; a fixed mean code keeps what the category has in
+     common (e.g. pale headlights at the front, red lights at the back);
+  4. the best probe's camera is refined with the code(s) for steps - probe_steps
+     (`unposed_codenerf`, `unposed_ssdnerf`).
 The pose step is the same for both models (`pose_step`): fresh random pixels, rays from
 the current camera, rendering MSE, Adam, lr halved every 50 steps (the official posed
 schedule). CodeNeRF moves the codes in the same step (jointly, + 1e-4 (|z_s| + |z_t|));
@@ -54,9 +59,9 @@ class PoseConfig:
     elevations: tuple = (10.0, 30.0, 50.0)   # grid: elevations (degrees)
     radius: float = CAMERA_RADIUS    # the category's camera distance (start of rho = 0)
     grid_res: int = 16               # grid search renders at this resolution
-    starts: int = 3                  # best grid cameras optimised (+ the front/back flip)
+    starts: int = 2                  # grid cameras probed, each with its front/back flip
     min_sep: float = 40.0            # degrees between two starts
-    probe_steps: int = 40            # steps per start before the best one is kept
+    probe_steps: int = 40            # camera-only steps per start before the best one is kept
     steps: int = 200                 # steps in all for the kept start
     rays: int = 512                  # pixels per step
     lr_pose: float = 1e-2            # Adam on p = (omega, rho, delta)
@@ -140,15 +145,20 @@ def grid_search(field, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig, n
 
 
 def pick_starts(cams: torch.Tensor, losses: torch.Tensor, pcfg: PoseConfig) -> torch.Tensor:
-    """The best `starts` cameras at least min_sep degrees apart, and the flip of the best."""
-    keep = []
-    for i in range(len(cams)):
-        if all(float(rotation_error_deg(cams[i, :3, :3], cams[j, :3, :3])) >= pcfg.min_sep
-               for j in keep):
-            keep.append(i)
-        if len(keep) == pcfg.starts:
+    """Grid cameras in ranked order, each followed by its EXACT front/back flip, skipping a
+    grid camera within min_sep degrees of a start already kept (e.g. a grid camera near
+    an earlier flip), until `starts` grid cameras are kept: (2 * starts, 4, 4). Every
+    start and its flip are equally far from the two sides, so the probes compare the
+    sides fairly (a grid camera standing in for the flip would start off by up to a grid
+    step and lose for that reason alone)."""
+    far = lambda c, kept: all(float(rotation_error_deg(c[:3, :3], k[:3, :3])) >= pcfg.min_sep
+                              for k in kept)                           # noqa: E731
+    starts = []
+    for c in cams:
+        if far(c, starts):
+            starts += [c, flip(c)]
+        if len(starts) == 2 * pcfg.starts:
             break
-    starts = [cams[i] for i in keep] + [flip(cams[keep[0]])]
     return torch.stack(starts)
 
 
@@ -175,6 +185,33 @@ def pose_step(field, opt, step: int, c2w0: torch.Tensor, p: torch.Tensor, K: tor
     return float(loss.detach())
 
 
+@torch.no_grad()
+def image_loss(field, c2w: torch.Tensor, K: torch.Tensor, image: torch.Tensor, n_samples: int,
+               near_min: float = 0.2) -> float:
+    """MSE of `field` rendered at camera c2w (4, 4) over EVERY pixel of image (H, W, 3):
+    deterministic (no random pixels, no stratification), so starts compare fairly."""
+    H, W, _ = image.shape
+    pred = render_image(field, c2w[None], K, H, W, n_samples, near_min=near_min)["rgb"][0]
+    return float((pred - image).pow(2).mean())
+
+
+def probe(field, c2w0: torch.Tensor, K: torch.Tensor, image: torch.Tensor, pcfg: PoseConfig,
+          n_samples: int, near_min: float = 0.2, generator=None, callback=None) -> dict:
+    """A CAMERA-ONLY probe: probe_steps pose steps from c2w0 with the code(s) fixed in
+    `field` (the mean code), then the full-image loss at the final camera. A fixed code
+    cannot repaint itself to match the image from the wrong side, so the score keeps what
+    tells a car's front from its back. Returns {"c2w", "score", "history", "losses"}."""
+    p = torch.zeros(7, device=image.device, requires_grad=True)
+    opt = torch.optim.Adam([p], lr=pcfg.lr_pose)
+    state = {"losses": [], "history": []}
+    for step in range(pcfg.probe_steps):
+        loss = pose_step(field, opt, step, c2w0, p, K, image, pcfg, n_samples, near_min,
+                         generator=generator)
+        _record(state, step, camera(c2w0, p).detach(), None, loss, callback)
+    c2w = state["history"][-1] if state["history"] else c2w0
+    return {"c2w": c2w, "score": image_loss(field, c2w, K, image, n_samples, near_min), **state}
+
+
 def _record(state: dict, step: int, c2w, code, loss: float, callback=None) -> None:
     state["losses"].append(loss)
     state["history"].append(c2w)
@@ -182,29 +219,37 @@ def _record(state: dict, step: int, c2w, code, loss: float, callback=None) -> No
         callback(step, c2w, code, loss)
 
 
+def _probe_then_refine(field0, starts, run, K, image, pcfg: PoseConfig, n_samples: int,
+                       near_min: float, generator=None, callback=None) -> dict:
+    """Probe every start with the camera only (`probe`), keep the lowest full-image loss,
+    and refine from its camera for steps - probe_steps with `run(c2w0, n, None)` (camera
+    and code(s) together). The returned state's history / losses are the kept probe's
+    followed by the refinement's (pcfg.steps entries)."""
+    probes = [probe(field0, c, K, image, pcfg, n_samples, near_min, generator, callback) for c in starts]
+    k = min(range(len(probes)), key=lambda i: probes[i]["score"])
+    state = run(probes[k]["c2w"], pcfg.steps - pcfg.probe_steps, None)
+    state["history"] = probes[k]["history"] + state["history"]
+    state["losses"] = probes[k]["losses"] + state["losses"]
+    state.update(probe_losses=[q["score"] for q in probes], kept=k,
+                 probe_c2w=torch.stack([q["c2w"] for q in probes]))
+    return state
+
+
 def _result(best: dict, starts, **code) -> dict:
-    return {"c2w": best["history"][-1], **code, "history": best["history"], "losses": best["losses"],
-            "starts": starts, "probe_losses": best["probe_losses"]}
-
-
-def _best_of_starts(starts, run, pcfg: PoseConfig):
-    """Run `run(c2w0, n_steps, state)` on every start for probe_steps, continue the one
-    with the lowest mean loss of its last 10 steps to pcfg.steps. Returns its state."""
-    probes = []
-    for c2w0 in starts:
-        state = run(c2w0, pcfg.probe_steps, None)
-        probes.append((sum(state["losses"][-10:]) / len(state["losses"][-10:]), state))
-    best = min(probes, key=lambda t: t[0])[1]
-    best["probe_losses"] = [float(t[0]) for t in probes]
-    return run(best["c2w0"], pcfg.steps - pcfg.probe_steps, best)
+    c2w = best["history"][-1] if best["history"] else best["c2w0"]
+    return {"c2w": c2w, **code, "history": best["history"], "losses": best["losses"],
+            "starts": starts, "probe_losses": best["probe_losses"], "kept": best["kept"],
+            "probe_c2w": best["probe_c2w"]}
 
 
 # ------------------------------------------------------------------ CodeNeRF
 def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig | None = None,
                      generator=None, callback=None) -> dict:
     """Pose and codes of one unposed image (H, W, 3) (CodeNeRF eq. 5). Returns {"c2w" (4, 4),
-    "codes" (1, 2, D), "history": [c2w after each step], "losses", "starts", "probe_losses"}.
-    callback(step, c2w, codes, loss) after every step of every start."""
+    "codes" (1, 2, D), "history": [c2w after each step of the kept probe, then of the
+    refinement], "losses", "starts", "probe_losses" (each probe's full-image score), "kept"
+    (index of the kept start), "probe_c2w" (each probe's final camera)}.
+    callback(step, c2w, codes, loss) after every step (codes None during the probes)."""
     pcfg = pcfg or PoseConfig()
     cams, losses = grid_search(model.field(model.mean_code()), image, K, pcfg, model.cfg.n_samples,
                                model.cfg.near_min)
@@ -227,19 +272,21 @@ def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConf
             _record(state, step, camera(c2w0, p).detach(), codes.detach(), loss, callback)
         return state
 
-    best = _best_of_starts(starts, run, pcfg)
+    best = _probe_then_refine(model.field(model.mean_code()), starts, run, K, image, pcfg,
+                              model.cfg.n_samples, model.cfg.near_min, generator, callback)
     return _result(best, starts, codes=best["codes"].detach())
 
 
 # ------------------------------------------------------------------ SSDNeRF
 def unposed_ssdnerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig | None = None,
                     generator=None, callback=None) -> dict:
-    """The camera of one unposed image for an SSDNeRF `Model`: from the mean training
-    triplane, alternate a pose step (code fixed) and a code step (pose fixed; rendering +
+    """The camera of one unposed image for an SSDNeRF `Model`: camera-only probes of the
+    mean training triplane from every start (`probe`); from the kept probe's camera,
+    alternate a pose step (code fixed) and a code step (pose fixed; rendering +
     the cached prior gradient of eq. 7, one denoiser pass every prior_every steps). The
     caller then reconstructs at result["c2w"] with guided sampling + finetuning
     (`testtime.reconstruct.reconstruct`). Returns {"c2w", "code" (1, 3, C, R, R), "history",
-    "losses", "starts", "probe_losses"}."""
+    "losses", "starts", "probe_losses", "kept", "probe_c2w"} as unposed_codenerf."""
     pcfg = pcfg or PoseConfig()
     cfg, tcfg = model.cfg, model.test
     mean = model.codes.mean(dim=0, keepdim=True)                         # (1, 3, C, R, R)
@@ -271,7 +318,8 @@ def unposed_ssdnerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfi
             _record(state, step, c2w, bank.activated(), loss, callback)
         return state
 
-    best = _best_of_starts(starts, run, pcfg)
+    best = _probe_then_refine(model.field(mean), starts, run, K, image, pcfg, cfg.n_samples,
+                              cfg.near_min, generator, callback)
     return _result(best, starts, code=best["bank"].activated())
 
 
