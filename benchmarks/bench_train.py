@@ -76,7 +76,7 @@ def measure(preset: str, k_in: int, amp: str, iters: int, warmup: int, device: s
     t0, c0 = time.perf_counter(), time.process_time()
     rows, trace = [], []
     try:
-        for _ in range(iters):                 # as Resumable.train: a step, then tick()
+        for _ in range(iters):                 # as ResumableLoop.train: a step, then tick()
             t = time.perf_counter()
             rows.append(tr.outer_step())
             sync()

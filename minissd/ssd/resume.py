@@ -177,7 +177,7 @@ class ResumableLoop:
         return it
 
     def load_parts(self, sd: dict, path: str, loaders: dict) -> None:
-        """loaders[part](sd[part]) for each part in order, then the iteration count and the
+        """Call loaders[part] on sd[part] for each part in order, then the iteration count and the
         log; a part that does not fit this trainer (another shape, a missing key) is
         refused naming the file and the part."""
         part = None
