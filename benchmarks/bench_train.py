@@ -132,7 +132,7 @@ def main(argv=None):
                    help="MINISSD_THREADS per setting: 'torch' (PyTorch's default), 'auto', N")
     p.add_argument("--wait-policy", nargs="+", default=[""],
                    help="OMP_WAIT_POLICY per setting (ACTIVE, PASSIVE; '' = as in this "
-                   "environment, else minissd's PASSIVE); GOMP_SPINCOUNT passes through")
+                   "environment, else minissd's GOMP_SPINCOUNT=300000); GOMP_SPINCOUNT passes through")
     p.add_argument("--contended", action="store_true", help="also beside a busy process")
     p.add_argument("--late", action="store_true",
                    help="also with a competitor that starts after import and warm-up")

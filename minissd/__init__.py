@@ -9,8 +9,8 @@ leaves PyTorch's default, as does an explicit OMP_NUM_THREADS). See runtime.py f
 import os
 import sys
 
-if "torch" not in sys.modules:             # read by OpenMP when torch loads: sleep, don't spin
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
+    os.environ["GOMP_SPINCOUNT"] = "300000"  # read when torch loads: spin ~3 ms, then sleep
 
 from minissd.runtime import set_threads  # noqa: E402
 

@@ -23,9 +23,12 @@ and 0.33 CPU-s with 2 passive threads, 1.4 s and 0.27 CPU-s with 1 thread (docs/
 whenever a long loop calls `tick()` (training, the baselines' trainers, DDIM sampling), so
 a competitor that starts or stops mid-run changes the count within a few iterations.
 minissd calls set_threads once, in `minissd/__init__.py`, with MINISSD_THREADS ("auto", a
-number, or "torch" for PyTorch's own default; a number or "torch" is never changed), and
-sets OMP_WAIT_POLICY=PASSIVE when torch has not been imported yet (sleeping instead of
-spinning at barriers).
+number, or "torch" for PyTorch's own default; a number or "torch" is never changed), and,
+when neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set and torch has not been imported yet,
+sets GOMP_SPINCOUNT=300000 (GNU OpenMP's own default, ~3 ms of spinning, then sleep): with
+the governor taking a thread away when a competitor appears, spinning briefly is safe, and
+on an idle machine it is what makes 2 threads pay (laptop iteration, idle: 1.51 s with it,
+2.65 s with OMP_WAIT_POLICY=PASSIVE; docs/speed.md).
 """
 from __future__ import annotations
 

@@ -98,17 +98,19 @@ def test_set_threads_parses_its_setting():
         torch.set_num_threads(before)
 
 
-def test_importing_minissd_sets_threads_and_passive_waiting():
+def test_importing_minissd_sets_threads_and_brief_spinning():
     """The one place: `import minissd` applies MINISSD_THREADS and, before torch loads,
-    OMP_WAIT_POLICY=PASSIVE (an explicit setting is kept)."""
+    GOMP_SPINCOUNT=300000 unless the user chose a wait policy (an explicit one is kept)."""
     import subprocess
     import sys
     code = ("import os, minissd, torch; "
-            "print(torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY'))")
+            "print(torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY'), "
+            "os.environ.get('GOMP_SPINCOUNT'))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for extra, want in (({"MINISSD_THREADS": "1"}, "1 PASSIVE"),
-                        ({"MINISSD_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"}, "2 ACTIVE")):
-        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    for extra, want in (({"MINISSD_THREADS": "1"}, "1 None 300000"),
+                        ({"MINISSD_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"}, "2 ACTIVE None")):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
         env.update(extra, PYTHONPATH=root)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, check=True).stdout.split()
