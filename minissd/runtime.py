@@ -122,12 +122,6 @@ def load_average() -> tuple:
         return (0.0, 0.0, 0.0)
 
 
-def auto_threads() -> int:
-    """Cores this process may use minus the 1-minute load average, at least 1 (the rule
-    where /proc/stat is missing, and the first guess of ThreadGovernor there)."""
-    return threads_for(usable_cores(), load_average()[0])
-
-
 def read_busy_seconds(path: str = "/proc/stat") -> float | None:
     """CPU seconds all processes have spent on the CPUs this process may use, since boot
     (Linux /proc/stat: user+nice+system+irq+softirq+steal of each `cpuN` line); None where

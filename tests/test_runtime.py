@@ -77,13 +77,19 @@ def test_bf16_training_steps_track_fp32():
 
 
 def test_auto_threads_leave_the_busy_cores(monkeypatch):
+    """Where /proc/stat is missing, the governor's first decision is the usable cores minus
+    the 1-minute load average."""
+    def first_decision():
+        g = runtime.ThreadGovernor(read_busy=lambda: None, read_own=lambda: 0.0,
+                                   sleep=lambda s: None, apply=lambda n: None)
+        return g.start()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     for load, want in ((0.0, 2), (0.4, 2), (1.0, 1), (1.6, 1), (7.0, 1)):
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
-        assert runtime.auto_threads() == want, load
+        assert first_decision() == want, load
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
-    assert runtime.auto_threads() == 13
+    assert first_decision() == 13
 
 
 def test_set_threads_parses_its_setting():
