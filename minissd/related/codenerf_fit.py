@@ -24,7 +24,6 @@ chunks of 2048); the halving keeps AdamW's moments (official: a fresh optimiser)
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -42,7 +41,7 @@ from minissd.related.codenerf import (
     LatentBank,
     make_field,
 )
-from minissd.ssd.model import model_dirs, train_baseline
+from minissd.ssd.model import config_digest, find_model_file, train_baseline
 from minissd.ssd.resume import ResumableLoop
 from minissd.utils import randint, to_device
 
@@ -150,18 +149,15 @@ def train_codenerf(cfg: CodeNeRFConfig, data_dir: str, out_dir: str, device=None
 
 
 def model_key(cfg: CodeNeRFConfig) -> str:
-    import hashlib
-    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    return f"cars-codenerf-{cfg.name}-{cfg.views_per_scene or 'all'}v-{cfg.iters}it-{digest}"
+    return f"cars-codenerf-{cfg.name}-{cfg.views_per_scene or 'all'}v-{cfg.iters}it-{config_digest(cfg)}"
 
 
 def load_or_train(cfg: CodeNeRFConfig, device="cpu", progress: bool = True) -> CodeNeRF:
     """The CodeNeRF of cfg: shipped (assets/models/), cached, or trained now (resumably)."""
     key = model_key(cfg)
-    for path in [os.path.join(d, key + ".pt") for d in model_dirs()] + [
-            os.path.join(cache_dir(), "models", key + ".pt")]:
-        if os.path.exists(path):
-            return CodeNeRF.load(path, device)
+    path = find_model_file(key)
+    if path:
+        return CodeNeRF.load(path, device)
     print(f"[minissd] no shipped or cached {key}.pt: training it now (resumable, "
           f"{os.path.join(cache_dir(), 'runs', key)})", flush=True)
     data_dir = ensure_dataset("cars", "train", n_scenes=cfg.data_scenes, n_views=cfg.data_views,

@@ -18,8 +18,6 @@ reaches only the UNet, through the renders of its own denoised field.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 
@@ -31,7 +29,7 @@ from minissd.nerf.autodecoder import sample_rays
 from minissd.prior.ema import ema_copy, ema_update
 from minissd.related.diffrf import DiffRFConfig, DiffRFModel, VoxelPrior, diffrf_losses
 from minissd.related.voxel import empty_grids, fit_grids, fit_psnr, voxel_bank
-from minissd.ssd.model import model_dirs, train_baseline
+from minissd.ssd.model import config_digest, find_model_file, train_baseline
 from minissd.ssd.resume import ResumableLoop
 from minissd.ssd.train import warmup_factor
 from minissd.utils import randperm
@@ -144,8 +142,7 @@ def train_diffrf(cfg: DiffRFConfig, data_dir: str, out_dir: str, device="cpu", r
 
 def diffrf_key(cfg: DiffRFConfig, category: str = "cars") -> str:
     """A readable name plus a hash of the whole config (like ssd.model.model_key)."""
-    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    return f"{category}-diffrf-{cfg.name}-{cfg.iters}it-{digest}"
+    return f"{category}-diffrf-{cfg.name}-{cfg.iters}it-{config_digest(cfg)}"
 
 
 def load_or_train_diffrf(cfg: DiffRFConfig, category: str = "cars", device="cpu",
@@ -154,9 +151,9 @@ def load_or_train_diffrf(cfg: DiffRFConfig, category: str = "cars", device="cpu"
     (resumably, in the cache) on the same procedural training set as the SSDNeRF models."""
     key = diffrf_key(cfg, category)
     cached = os.path.join(cache_dir(), "models", key + ".pt")
-    for path in [os.path.join(d, key + ".pt") for d in model_dirs()] + [cached]:
-        if os.path.exists(path):
-            return DiffRFModel.load(path, device)
+    path = find_model_file(key)
+    if path:
+        return DiffRFModel.load(path, device)
     print(f"[minissd] no shipped or cached DiffRF model {key}.pt: training it now "
           f"(resumable, cached as {cached})", flush=True)
     data_dir = ensure_dataset(category, "train", n_scenes=cfg.data_scenes, n_views=cfg.data_views,

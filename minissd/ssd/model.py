@@ -241,20 +241,29 @@ def train_baseline(trainer_cls, cfg, data_dir: str, out_dir: str, device="cpu", 
         return tr if finish is None else finish(tr)
 
 
+def config_digest(cfg) -> str:
+    """8 hex digits of the whole config (any model's: cfg.to_dict()), for model file names."""
+    return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+
+
 def model_key(category, mode, cfg: Config) -> str:
     """A readable name plus a hash of the whole config: any change means another model."""
-    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    return f"{category}-{mode}-{cfg.name}-{cfg.views_per_scene or 'all'}v-{cfg.iters}it-{digest}"
+    return f"{category}-{mode}-{cfg.name}-{cfg.views_per_scene or 'all'}v-{cfg.iters}it-{config_digest(cfg)}"
 
 
-def find_model(category: str, mode: str, cfg: Config) -> str | None:
-    """The file of a shipped (model_dirs()) or cached model for (category, mode, cfg), or None."""
-    key = model_key(category, mode, cfg)
+def find_model_file(key: str) -> str | None:
+    """KEY.pt shipped (model_dirs()) or cached (cache_dir()/models), or None; every model
+    kind's load_or_train looks here first."""
     for path in ([os.path.join(d, key + ".pt") for d in model_dirs()]
                  + [os.path.join(cache_dir(), "models", key + ".pt")]):
         if os.path.exists(path):
             return path
     return None
+
+
+def find_model(category: str, mode: str, cfg: Config) -> str | None:
+    """The file of a shipped (model_dirs()) or cached model for (category, mode, cfg), or None."""
+    return find_model_file(model_key(category, mode, cfg))
 
 
 def load_or_train(mode: str = "single-stage", cfg: Config | None = None, category: str = "cars",
