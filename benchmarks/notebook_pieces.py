@@ -9,7 +9,9 @@ them by the notebook's iteration counts. One torch thread; run niced on a shared
 
 Pieces: 01 (auto-decoder, 1 car x 512 rays), 04 (Algorithm 1 outer iterations at K_in = 4
 and 2, with and without empty-space skipping), 06 (one DDIM step of 8 codes, one 64x64 and
-one 32x32 render, the 128^3 mesh, with the shipped laptop single-stage model), 10 (2 of the 50
+one 32x32 render, the 128^3 mesh, with the shipped laptop single-stage model), 09 (the unposed
+search of one image with short and shorter step counts, for CodeNeRF and SSDNeRF: the
+difference is the cost of a step, the rest the grid search), 10 (2 of the 50
 DDIM steps of each sampler the notebook runs, with the shipped laptop DiffRF and SSDNeRF
 models). --amp sets cfg.amp for 01 and 04 (default auto, the laptop preset's since
 2026-12-06); 06 and 10 run the shipped models as stored.
@@ -86,6 +88,39 @@ def piece_06(amp: str):
           f"32 px {r32:.3f} CPU-s per image; mesh at 128^3 {mesh:.1f} CPU-s", flush=True)
 
 
+def piece_09(amp: str):
+    """Notebook 09: cost of the unposed search's grid and of one of its (probe or refine) steps."""
+    import dataclasses
+    from minissd.data.procedural import ensure_dataset
+    from minissd.data.srn import SRNDataset
+    from minissd.related import pose
+    from minissd.related.codenerf import CodeNeRFConfig
+    from minissd.related.codenerf_fit import load_or_train as load_codenerf
+    from minissd.ssd.model import load_or_train
+    from minissd.testtime.generate import render_views
+    scene = SRNDataset(ensure_dataset("cars", "test", n_scenes=4, n_views=251, resolution=64, seed=0),
+                       resolution=64)[0]
+    image, K = scene["images"][64], scene["K"][64] if scene["K"].dim() == 3 else scene["K"]
+    full = pose.PoseConfig()
+    short = dataclasses.replace(full, probe_steps=2, steps=4)      # 4 starts x 2 + 2 steps
+    longer = dataclasses.replace(full, probe_steps=4, steps=8)     # 4 starts x 4 + 4 steps
+    for name, model in (("CodeNeRF", load_codenerf(CodeNeRFConfig.from_preset("laptop"))),
+                        ("SSDNeRF", load_or_train("single-stage", get_preset("laptop"), progress=False))):
+        run = lambda p: pose.unposed(model, image, K, p, generator=torch.Generator().manual_seed(0))  # noqa: E731
+        out = []
+        a = cpu_per_iter(lambda: out.append(run(short)), 1)
+        b = cpu_per_iter(lambda: run(longer), 1)
+        n_starts = len(out[0]["starts"])
+        step = (b - a) / (n_starts * 2 + 2)
+        r64 = cpu_per_iter(lambda: render_views(model, model.codes[0], scene["c2w"][:2], K, res=64), 1) / 2 \
+            if name == "SSDNeRF" else float("nan")
+        print(f"09 {name}: {n_starts} starts; a search step {step:.3f} CPU-s, grid and the rest "
+              f"{a - step * (n_starts * 2 + 2):.2f} CPU-s; full search ({n_starts} x {full.probe_steps} + "
+              f"{full.steps - full.probe_steps} steps) about "
+              f"{a - step * (n_starts * 2 + 2) + step * (n_starts * full.probe_steps + full.steps - full.probe_steps):.0f} CPU-s"
+              + (f"; a 64 px render {r64:.3f} CPU-s" if name == "SSDNeRF" else ""), flush=True)
+
+
 def piece_10(amp: str, steps: int = 2):
     """Notebook 10: `steps` of the 50 DDIM steps of each sampler it runs, and 60 grid fits."""
     from minissd.data.procedural import ensure_dataset
@@ -127,7 +162,7 @@ def piece_10(amp: str, steps: int = 2):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("pieces", nargs="+", choices=["01", "04", "06", "10"])
+    ap.add_argument("pieces", nargs="+", choices=["01", "04", "06", "09", "10"])
     ap.add_argument("--amp", default="auto")
     args = ap.parse_args()
     torch.set_num_threads(1)
