@@ -17,7 +17,7 @@ same CPU kind). `benchmarks/ship_autodecoder.py` runs it and writes the shipped 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/ship_autodecoder.py
 
 The file holds what the notebook uses after the fit: the codes (before the activation,
-rounded to float16, which halves the file: 1.2 MB for 32 laptop-size cars; the activated
+rounded to float16, which halves the file: about 1.3 MB for 32 laptop-size cars; the activated
 codes move by at most ~1e-3), the per-scene Adam step counts, the occupancy grids (bit-packed),
 the decoder (float32) and the training log. The codes' Adam moments are left out: nothing
 continues the fit, and new codes (notebook 02's 3-view fit) start a bank of their own.
