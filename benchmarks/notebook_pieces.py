@@ -14,7 +14,9 @@ search of one image with short and shorter step counts, for CodeNeRF and SSDNeRF
 difference is the cost of a step, the rest the grid search), 10 (2 of the 50
 DDIM steps of each sampler the notebook runs, with the shipped laptop DiffRF and SSDNeRF
 models). --amp sets cfg.amp for 01 and 04 (default auto, the laptop preset's since
-2026-12-06); 06 and 10 run the shipped models as stored.
+2026-12-06); 06 and 10 run the shipped models as stored. (2026-12-06: 04, 06 and 10 were
+run for docs/notebook_times.md; 01 and 09 were written then and not yet run, the CPU being
+taken by training.)
 """
 import argparse
 import time
