@@ -20,12 +20,18 @@ The protocol (nothing comes from the ground-truth pose):
   2. starts: the best `starts` grid cameras at least min_sep degrees apart, EACH with its
      exact flip by 180 degrees about the vertical (a car's front and back look alike)
      (`pick_starts`);
-  3. camera-only probes: each start moves the camera alone for `probe_steps`, the code(s)
-     FIXED at the mean, and is scored by the full-image loss at its final camera (`probe`).
-     A free code would repaint itself to fit the image from the wrong side and hide the
-     difference between the sides; a fixed mean code keeps what the category has in
-     common (e.g. pale headlights at the front, red lights at the back);
-  4. the best probe's camera is refined with the code(s) for steps - probe_steps
+  3. probes: each start is optimised for `probe_steps` and scored by the full-image loss
+     at its final camera; the lowest score is kept. Two modes (PoseConfig.probe):
+     "camera" moves the camera alone, the code(s) FIXED at the mean (`probe`): a free
+     triplane would repaint itself to fit the image from the wrong side and hide the
+     difference between the sides, a fixed mean code keeps what the category has in
+     common (e.g. pale headlights at the front, red lights at the back). "joint" moves
+     camera and code(s) together, the very steps of stage 4, scored with the probe's own
+     code: CodeNeRF's two small codes cannot repaint a car seen from the wrong side, and
+     its mean code alone renders a car nearly alike from the front and the back. The
+     default is chosen per model kind on validation cars (DEFAULT_PROBE, docs/codenerf.md);
+  4. the kept probe is refined with the code(s) for steps - probe_steps ("camera": from
+     its camera with the mean code(s); "joint": the probe simply goes on)
      (`unposed_codenerf`, `unposed_ssdnerf`).
 The pose step is the same for both models (`pose_step`): fresh random pixels, rays from
 the current camera, rendering MSE, Adam, lr halved every 50 steps (the official posed
@@ -46,11 +52,18 @@ import torch
 import torch.nn.functional as F
 
 from minissd.data.cameras import CAMERA_RADIUS, look_at, rays_at_pixels, sphere_to_xyz
+from minissd.errors import UserError
 from minissd.nerf.autodecoder import RayBatch, code_step
 from minissd.nerf.render import render_image, render_rays
 from minissd.nerf.triplane import CodeBank
 from minissd.prior.diffusion import prior_gradient
 from minissd.related.codenerf_fit import halved_lr, sample_pixels
+
+
+PROBES = ("camera", "joint")
+# the probe mode of each model kind when PoseConfig.probe is None, chosen on validation
+# cars (procedural test split of seed 1, docs/codenerf.md), never on the test split
+DEFAULT_PROBE = {"codenerf": "joint", "ssdnerf": "camera"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,17 @@ class PoseConfig:
     lr_code: float = 1e-2            # CodeNeRF codes: AdamW (official posed lr); SSDNeRF code_step
     code_reg: float = 1e-4           # CodeNeRF: 1e-4 (|z_s| + |z_t|)
     prior_every: int = 4             # SSDNeRF: one denoiser pass per this many code steps
+    probe: str | None = None         # "camera" | "joint" | None: the model kind's DEFAULT_PROBE
+
+    def __post_init__(self):
+        if self.probe is not None and self.probe not in PROBES:
+            raise UserError(f"PoseConfig probe={self.probe!r}: expected one of "
+                            f"{', '.join(PROBES)} (or None: the model kind's default)")
+
+
+def probe_mode(pcfg: PoseConfig, kind: str) -> str:
+    """The probe mode used: pcfg.probe, else the default of the model kind."""
+    return pcfg.probe or DEFAULT_PROBE[kind]
 
 
 # ------------------------------------------------------------------ SO(3) and cameras
@@ -219,18 +243,37 @@ def _record(state: dict, step: int, c2w, code, loss: float, callback=None) -> No
         callback(step, c2w, code, loss)
 
 
-def _probe_then_refine(field0, starts, run, K, image, pcfg: PoseConfig, n_samples: int,
-                       near_min: float, generator=None, callback=None) -> dict:
-    """Probe every start with the camera only (`probe`), keep the lowest full-image loss,
-    and refine from its camera for steps - probe_steps with `run(c2w0, n, None)` (camera
-    and code(s) together). The returned state's history / losses are the kept probe's
-    followed by the refinement's (pcfg.steps entries)."""
-    probes = [probe(field0, c, K, image, pcfg, n_samples, near_min, generator, callback) for c in starts]
+def _probe_then_refine(field0, field_of, starts, run, K, image, pcfg: PoseConfig, mode: str,
+                       n_samples: int, near_min: float, generator=None, callback=None) -> dict:
+    """Probe every start for probe_steps, keep the lowest full-image loss at the probe's
+    final camera, and refine the kept one for steps - probe_steps. `run(c2w0, n, state)`
+    takes n steps on camera and code(s) together (state None: from the mean code(s));
+    field_of(state) is the field of a run's current code(s).
+      mode "camera": each probe is `probe` on field0 (the mean code(s), fixed); the kept
+                     probe's camera starts a new run.
+      mode "joint":  each probe is run(start, probe_steps, None), scored with its own
+                     code(s); the kept run goes on.
+    The returned state's history / losses are the kept probe's followed by the
+    refinement's (pcfg.steps entries)."""
+    n = pcfg.steps - pcfg.probe_steps
+    if mode == "camera":
+        probes = [probe(field0, c, K, image, pcfg, n_samples, near_min, generator, callback)
+                  for c in starts]
+    else:
+        probes = []
+        for c in starts:
+            state = run(c, pcfg.probe_steps, None)
+            c2w = state["history"][-1] if state["history"] else c
+            probes.append({**state, "c2w": c2w, "score": image_loss(field_of(state), c2w, K, image,
+                                                                    n_samples, near_min)})
     k = min(range(len(probes)), key=lambda i: probes[i]["score"])
-    state = run(probes[k]["c2w"], pcfg.steps - pcfg.probe_steps, None)
-    state["history"] = probes[k]["history"] + state["history"]
-    state["losses"] = probes[k]["losses"] + state["losses"]
-    state.update(probe_losses=[q["score"] for q in probes], kept=k,
+    if mode == "camera":
+        state = run(probes[k]["c2w"], n, None)
+        state["history"] = probes[k]["history"] + state["history"]
+        state["losses"] = probes[k]["losses"] + state["losses"]
+    else:
+        state = run(probes[k]["c2w0"], n, probes[k])
+    state.update(probe_losses=[q["score"] for q in probes], kept=k, probe=mode,
                  probe_c2w=torch.stack([q["c2w"] for q in probes]))
     return state
 
@@ -239,7 +282,7 @@ def _result(best: dict, starts, **code) -> dict:
     c2w = best["history"][-1] if best["history"] else best["c2w0"]
     return {"c2w": c2w, **code, "history": best["history"], "losses": best["losses"],
             "starts": starts, "probe_losses": best["probe_losses"], "kept": best["kept"],
-            "probe_c2w": best["probe_c2w"]}
+            "probe_c2w": best["probe_c2w"], "probe": best["probe"]}
 
 
 # ------------------------------------------------------------------ CodeNeRF
@@ -248,8 +291,9 @@ def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConf
     """Pose and codes of one unposed image (H, W, 3) (CodeNeRF eq. 5). Returns {"c2w" (4, 4),
     "codes" (1, 2, D), "history": [c2w after each step of the kept probe, then of the
     refinement], "losses", "starts", "probe_losses" (each probe's full-image score), "kept"
-    (index of the kept start), "probe_c2w" (each probe's final camera)}.
-    callback(step, c2w, codes, loss) after every step (codes None during the probes)."""
+    (index of the kept start), "probe_c2w" (each probe's final camera), "probe" (the mode
+    used)}. callback(step, c2w, codes, loss) after every step (codes None
+    during camera-only probes)."""
     pcfg = pcfg or PoseConfig()
     cams, losses = grid_search(model.field(model.mean_code()), image, K, pcfg, model.cfg.n_samples,
                                model.cfg.near_min)
@@ -272,21 +316,23 @@ def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConf
             _record(state, step, camera(c2w0, p).detach(), codes.detach(), loss, callback)
         return state
 
-    best = _probe_then_refine(model.field(model.mean_code()), starts, run, K, image, pcfg,
-                              model.cfg.n_samples, model.cfg.near_min, generator, callback)
+    best = _probe_then_refine(model.field(model.mean_code()),
+                              lambda st: model.field(st["codes"].detach()), starts, run, K, image,
+                              pcfg, probe_mode(pcfg, "codenerf"), model.cfg.n_samples,
+                              model.cfg.near_min, generator, callback)
     return _result(best, starts, codes=best["codes"].detach())
 
 
 # ------------------------------------------------------------------ SSDNeRF
 def unposed_ssdnerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig | None = None,
                     generator=None, callback=None) -> dict:
-    """The camera of one unposed image for an SSDNeRF `Model`: camera-only probes of the
-    mean training triplane from every start (`probe`); from the kept probe's camera,
+    """The camera of one unposed image for an SSDNeRF `Model`: probes from every start
+    (by default camera-only, of the mean training triplane: `probe`); from the kept probe,
     alternate a pose step (code fixed) and a code step (pose fixed; rendering +
     the cached prior gradient of eq. 7, one denoiser pass every prior_every steps). The
     caller then reconstructs at result["c2w"] with guided sampling + finetuning
     (`testtime.reconstruct.reconstruct`). Returns {"c2w", "code" (1, 3, C, R, R), "history",
-    "losses", "starts", "probe_losses", "kept", "probe_c2w"} as unposed_codenerf."""
+    "losses", "starts", "probe_losses", "kept", "probe_c2w", "probe"} as unposed_codenerf."""
     pcfg = pcfg or PoseConfig()
     cfg, tcfg = model.cfg, model.test
     mean = model.codes.mean(dim=0, keepdim=True)                         # (1, 3, C, R, R)
@@ -318,8 +364,9 @@ def unposed_ssdnerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfi
             _record(state, step, c2w, bank.activated(), loss, callback)
         return state
 
-    best = _probe_then_refine(model.field(mean), starts, run, K, image, pcfg, cfg.n_samples,
-                              cfg.near_min, generator, callback)
+    best = _probe_then_refine(model.field(mean), lambda st: model.field(st["bank"].activated()),
+                              starts, run, K, image, pcfg, probe_mode(pcfg, "ssdnerf"),
+                              cfg.n_samples, cfg.near_min, generator, callback)
     return _result(best, starts, code=best["bank"].activated())
 
 
