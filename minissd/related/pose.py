@@ -13,35 +13,24 @@ a change of distance e^rho and a shift delta. p = 0 is the start camera; every p
 valid rotation, and the rays (cameras.rays_at_pixels) are differentiable in p.
 
 The protocol (nothing comes from the ground-truth pose):
-  1. grid search: render the category's MEAN code (CodeNeRF: mean embedding; SSDNeRF: the
-     mean training triplane) from cameras on the viewing sphere (n_azimuth x elevations at
-     the category's camera distance, looking at the origin) and rank them by the
-     photometric loss against the downsampled input image (`grid_search`);
+  1. grid search: render the MEAN code (CodeNeRF: mean embedding; SSDNeRF: mean training
+     triplane) from n_azimuth x elevations cameras at the category's distance, looking at
+     the origin, ranked by the loss against the downsampled input (`grid_search`);
   2. starts: the best `starts` grid cameras at least min_sep degrees apart, EACH with its
-     exact flip by 180 degrees about the vertical (a car's front and back look alike)
-     (`pick_starts`);
+     exact flip by 180 degrees about the vertical (front and back look alike) (`pick_starts`);
   3. probes: each start is optimised for `probe_steps` and scored by the full-image loss
-     at its final camera; the lowest score is kept. Two modes (PoseConfig.probe):
-     "camera" moves the camera alone, the code(s) FIXED at the mean (`probe`): a free
-     triplane would repaint itself to fit the image from the wrong side and hide the
-     difference between the sides, a fixed mean code keeps what the category has in
-     common (e.g. pale headlights at the front, red lights at the back). "joint" moves
-     camera and code(s) together, the very steps of stage 4, scored with the probe's own
-     code: CodeNeRF's two small codes cannot repaint a car seen from the wrong side, and
-     its mean code alone renders a car nearly alike from the front and the back. The
-     default is chosen per model kind on validation cars (DEFAULT_PROBE, docs/codenerf.md);
+     at its final camera; the lowest score is kept. PoseConfig.probe: "camera" moves the
+     camera alone, the code(s) FIXED at the mean (`probe`; a free triplane repaints itself
+     to fit the image from the wrong side), "joint" moves camera and code(s) together (the
+     steps of stage 4, scored with the probe's own code); DEFAULT_PROBE per model kind,
+     chosen on validation cars (docs/codenerf.md);
   4. the kept probe is refined with the code(s) for steps - probe_steps ("camera": from
-     its camera with the mean code(s); "joint": the probe simply goes on)
-     (`unposed_codenerf`, `unposed_ssdnerf`).
+     its camera and the mean code(s); "joint": the probe goes on).
 The pose step is the same for both models (`pose_step`): fresh random pixels, rays from
 the current camera, rendering MSE, Adam, lr halved every 50 steps (the official posed
-schedule). CodeNeRF moves the codes in the same step (jointly, + 1e-4 (|z_s| + |z_t|));
-SSDNeRF alternates one pose step with one code step of finetuning (eq. 7: rendering +
-cached prior gradient, `nerf.autodecoder.code_step`), then, once the pose has settled,
-re-runs its usual guided sampling + finetuning at the estimated camera.
-
-Errors: rotation error = the angle of R_est^T R_gt in degrees; translation error =
-|t_est - t_gt| / |t_gt| (camera centres).
+schedule). CodeNeRF moves its codes in the same step (+ 1e-4 (|z_s| + |z_t|)); SSDNeRF
+alternates a pose step with a code step of eq. 7 (rendering + cached prior gradient,
+`nerf.autodecoder.code_step`), then re-runs guided sampling + finetuning at the estimate.
 """
 from __future__ import annotations
 
@@ -61,8 +50,7 @@ from minissd.related.codenerf_fit import halved_lr, sample_pixels
 
 
 PROBES = ("camera", "joint")
-# the probe mode of each model kind when PoseConfig.probe is None, chosen on validation
-# cars (procedural test split of seed 1, docs/codenerf.md), never on the test split
+# PoseConfig.probe None: the model kind's mode, chosen on validation cars (docs/codenerf.md)
 DEFAULT_PROBE = {"codenerf": "joint", "ssdnerf": "camera"}
 
 
@@ -169,12 +157,9 @@ def grid_search(field, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig, n
 
 
 def pick_starts(cams: torch.Tensor, losses: torch.Tensor, pcfg: PoseConfig) -> torch.Tensor:
-    """Grid cameras in ranked order, each followed by its EXACT front/back flip, skipping a
-    grid camera within min_sep degrees of a start already kept (e.g. a grid camera near
-    an earlier flip), until `starts` grid cameras are kept: (2 * starts, 4, 4). Every
-    start and its flip are equally far from the two sides, so the probes compare the
-    sides fairly (a grid camera standing in for the flip would start off by up to a grid
-    step and lose for that reason alone)."""
+    """Grid cameras in ranked order, each followed by its EXACT front/back flip (so the two
+    sides start equally far from their optima), skipping a grid camera within min_sep
+    degrees of a start already kept, until `starts` grid cameras are kept: (2 * starts, 4, 4)."""
     far = lambda c, kept: all(float(rotation_error_deg(c[:3, :3], k[:3, :3])) >= pcfg.min_sep
                               for k in kept)                           # noqa: E731
     starts = []
@@ -222,9 +207,8 @@ def image_loss(field, c2w: torch.Tensor, K: torch.Tensor, image: torch.Tensor, n
 def probe(field, c2w0: torch.Tensor, K: torch.Tensor, image: torch.Tensor, pcfg: PoseConfig,
           n_samples: int, near_min: float = 0.2, generator=None, callback=None) -> dict:
     """A CAMERA-ONLY probe: probe_steps pose steps from c2w0 with the code(s) fixed in
-    `field` (the mean code), then the full-image loss at the final camera. A fixed code
-    cannot repaint itself to match the image from the wrong side, so the score keeps what
-    tells a car's front from its back. Returns {"c2w", "score", "history", "losses"}."""
+    `field` (the mean code), then the full-image loss at the final camera.
+    Returns {"c2w", "score", "history", "losses"}."""
     p = torch.zeros(7, device=image.device, requires_grad=True)
     opt = torch.optim.Adam([p], lr=pcfg.lr_pose)
     state = {"losses": [], "history": []}
@@ -245,34 +229,28 @@ def _record(state: dict, step: int, c2w, code, loss: float, callback=None) -> No
 
 def _probe_then_refine(field0, field_of, starts, run, K, image, pcfg: PoseConfig, mode: str,
                        n_samples: int, near_min: float, generator=None, callback=None) -> dict:
-    """Probe every start for probe_steps, keep the lowest full-image loss at the probe's
-    final camera, and refine the kept one for steps - probe_steps. `run(c2w0, n, state)`
-    takes n steps on camera and code(s) together (state None: from the mean code(s));
-    field_of(state) is the field of a run's current code(s).
-      mode "camera": each probe is `probe` on field0 (the mean code(s), fixed); the kept
-                     probe's camera starts a new run.
-      mode "joint":  each probe is run(start, probe_steps, None), scored with its own
-                     code(s); the kept run goes on.
-    The returned state's history / losses are the kept probe's followed by the
-    refinement's (pcfg.steps entries)."""
-    n = pcfg.steps - pcfg.probe_steps
-    if mode == "camera":
-        probes = [probe(field0, c, K, image, pcfg, n_samples, near_min, generator, callback)
-                  for c in starts]
-    else:
-        probes = []
-        for c in starts:
-            state = run(c, pcfg.probe_steps, None)
-            c2w = state["history"][-1] if state["history"] else c
-            probes.append({**state, "c2w": c2w, "score": image_loss(field_of(state), c2w, K, image,
-                                                                    n_samples, near_min)})
+    """Probe every start, keep the lowest full-image loss, refine it for steps - probe_steps.
+    run(c2w0, n, state) takes n steps on camera and code(s) (state None: from the mean
+    code(s)); field_of(state) is the field of its current code(s). Mode "camera": `probe`
+    on field0 (mean code(s), fixed), the kept camera starts a new run; mode "joint": run
+    from each start, scored with its own code(s), the kept run goes on. History / losses:
+    the kept probe's, then the refinement's (pcfg.steps entries)."""
+    probes = []
+    for c in starts:
+        if mode == "camera":
+            probes.append(probe(field0, c, K, image, pcfg, n_samples, near_min, generator, callback))
+            continue
+        st = run(c, pcfg.probe_steps, None)
+        c2w = st["history"][-1] if st["history"] else c
+        probes.append({**st, "c2w": c2w,
+                       "score": image_loss(field_of(st), c2w, K, image, n_samples, near_min)})
     k = min(range(len(probes)), key=lambda i: probes[i]["score"])
-    if mode == "camera":
-        state = run(probes[k]["c2w"], n, None)
-        state["history"] = probes[k]["history"] + state["history"]
-        state["losses"] = probes[k]["losses"] + state["losses"]
+    if mode == "joint":
+        state = run(probes[k]["c2w0"], pcfg.steps - pcfg.probe_steps, probes[k])
     else:
-        state = run(probes[k]["c2w0"], n, probes[k])
+        state = run(probes[k]["c2w"], pcfg.steps - pcfg.probe_steps, None)
+        state.update(history=probes[k]["history"] + state["history"],
+                     losses=probes[k]["losses"] + state["losses"])
     state.update(probe_losses=[q["score"] for q in probes], kept=k, probe=mode,
                  probe_c2w=torch.stack([q["c2w"] for q in probes]))
     return state
@@ -291,9 +269,8 @@ def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConf
     """Pose and codes of one unposed image (H, W, 3) (CodeNeRF eq. 5). Returns {"c2w" (4, 4),
     "codes" (1, 2, D), "history": [c2w after each step of the kept probe, then of the
     refinement], "losses", "starts", "probe_losses" (each probe's full-image score), "kept"
-    (index of the kept start), "probe_c2w" (each probe's final camera), "probe" (the mode
-    used)}. callback(step, c2w, codes, loss) after every step (codes None
-    during camera-only probes)."""
+    (index of the kept start), "probe_c2w" (each probe's final camera), "probe" (the mode)}.
+    callback(step, c2w, codes, loss) after every step (codes None in camera-only probes)."""
     pcfg = pcfg or PoseConfig()
     cams, losses = grid_search(model.field(model.mean_code()), image, K, pcfg, model.cfg.n_samples,
                                model.cfg.near_min)
