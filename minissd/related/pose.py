@@ -26,11 +26,10 @@ The protocol (nothing comes from the ground-truth pose):
      chosen on validation cars (docs/codenerf.md);
   4. the kept probe is refined with the code(s) for steps - probe_steps ("camera": from
      its camera and the mean code(s); "joint": the probe goes on).
-The pose step is the same for both models (`pose_step`): fresh random pixels, rays from
-the current camera, rendering MSE, Adam, lr halved every 50 steps (the official posed
-schedule). CodeNeRF moves its codes in the same step (+ 1e-4 (|z_s| + |z_t|)); SSDNeRF
-alternates a pose step with a code step of eq. 7 (rendering + cached prior gradient,
-`nerf.autodecoder.code_step`), then re-runs guided sampling + finetuning at the estimate.
+One pose step for both models (`pose_step`): fresh random pixels, rays from the current
+camera, rendering MSE, Adam, lr halved every 50 steps (official posed schedule); CodeNeRF
+moves its codes in the same step, SSDNeRF alternates it with a code step of eq. 7
+(`nerf.autodecoder.code_step`), then re-runs guided sampling + finetuning at the estimate.
 """
 from __future__ import annotations
 
@@ -230,11 +229,10 @@ def _record(state: dict, step: int, c2w, code, loss: float, callback=None) -> No
 def _probe_then_refine(field0, field_of, starts, run, K, image, pcfg: PoseConfig, mode: str,
                        n_samples: int, near_min: float, generator=None, callback=None) -> dict:
     """Probe every start, keep the lowest full-image loss, refine it for steps - probe_steps.
-    run(c2w0, n, state) takes n steps on camera and code(s) (state None: from the mean
-    code(s)); field_of(state) is the field of its current code(s). Mode "camera": `probe`
-    on field0 (mean code(s), fixed), the kept camera starts a new run; mode "joint": run
-    from each start, scored with its own code(s), the kept run goes on. History / losses:
-    the kept probe's, then the refinement's (pcfg.steps entries)."""
+    run(c2w0, n, state): n steps on camera and code(s) (state None: from the mean code(s));
+    field_of(state): the field of its code(s). "camera": `probe` on field0 (mean code(s)
+    fixed), the kept camera starts a new run; "joint": run from each start, scored with its
+    own code(s), the kept run goes on. History / losses: probe's, then refinement's."""
     probes = []
     for c in starts:
         if mode == "camera":
@@ -267,8 +265,7 @@ def _result(best: dict, starts, **code) -> dict:
 def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig | None = None,
                      generator=None, callback=None) -> dict:
     """Pose and codes of one unposed image (H, W, 3) (CodeNeRF eq. 5). Returns {"c2w" (4, 4),
-    "codes" (1, 2, D), "history": [c2w after each step of the kept probe, then of the
-    refinement], "losses", "starts", "probe_losses" (each probe's full-image score), "kept"
+    "codes" (1, 2, D), "history": [c2w after each step, kept probe then refinement], "losses", "starts", "probe_losses" (each probe's full-image score), "kept"
     (index of the kept start), "probe_c2w" (each probe's final camera), "probe" (the mode)}.
     callback(step, c2w, codes, loss) after every step (codes None in camera-only probes)."""
     pcfg = pcfg or PoseConfig()
