@@ -152,3 +152,61 @@ def test_evaluate_pose_rejects_input_it_cannot_use(bad, made, tmp_path, capsys):
     assert rc == 1 and err.startswith("error:") and len(err.splitlines()) == 1, err
     assert (str(ckpt) if bad == "notamodel" else "--input-views") in err
     assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("bad", ["joint ", "both", 1])
+def test_probe_mode_is_validated_with_a_one_line_error_naming_it(bad):
+    for ok in (None, "camera", "joint"):
+        assert pose.PoseConfig(probe=ok).probe == ok
+    with pytest.raises(ValueError) as e:
+        pose.PoseConfig(probe=bad)
+    msg = str(e.value)
+    assert repr(bad) in msg and "camera" in msg and "joint" in msg and len(msg.splitlines()) == 1
+
+
+def _tiny_unposed(kind, probe):
+    """The shipped smoke model of `kind` run unposed on a 16 px rendering of its training
+    object 0, with a tiny search (1 grid camera + its flip, 3 probe steps, 5 steps)."""
+    name = "codenerf" if kind == "codenerf" else "single-stage"
+    path = sorted(glob.glob(os.path.join(ROOT, "assets", "models", f"cars-{name}-smoke-allv-*.pt")))[0]
+    model = load_any(path)
+    res = 16
+    K = torch.tensor([[res * 1.0, 0, res / 2], [0, res * 1.0, res / 2], [0, 0, 1]])
+    code = model.codes[:1]
+    image = render_image(model.field(code), look_at(sphere_to_xyz(2.6, 0.8, 0.45))[None], K, res, res,
+                         model.cfg.n_samples)["rgb"][0].detach()
+    pcfg = pose.PoseConfig(n_azimuth=4, elevations=(30.0,), grid_res=8, starts=1, probe_steps=3,
+                           steps=5, rays=32, probe=probe)
+    calls = []
+    out = pose.unposed(model, image, K, pcfg, generator=torch.Generator().manual_seed(0),
+                       callback=lambda step, c2w, c, loss: calls.append((step, c2w, None if c is None else c.clone())))
+    return model, image, K, pcfg, out, calls
+
+
+def test_default_probe_mode_depends_on_the_model_kind():
+    assert pose.probe_mode(pose.PoseConfig(), "codenerf") == pose.DEFAULT_PROBE["codenerf"] == "joint"
+    assert pose.probe_mode(pose.PoseConfig(), "ssdnerf") == pose.DEFAULT_PROBE["ssdnerf"] == "camera"
+    assert pose.probe_mode(pose.PoseConfig(probe="camera"), "codenerf") == "camera"
+    for kind in ("codenerf", "ssdnerf"):
+        *_, out, calls = _tiny_unposed(kind, None)
+        assert out["probe"] == pose.DEFAULT_PROBE[kind]
+        probing = [c for _, _, c in calls[:2 * 3]]          # 2 starts x 3 probe steps
+        assert all((c is None) == (out["probe"] == "camera") for c in probing)
+
+
+def test_joint_probes_move_the_code_and_are_scored_with_it():
+    model, image, K, pcfg, out, calls = _tiny_unposed("codenerf", "joint")
+    mean = model.mean_code()
+    assert out["probe"] == "joint" and len(calls) == 2 * 3 + 2 and len(out["history"]) == pcfg.steps
+    probe_codes = [c for _, _, c in calls[:6]]
+    assert all(c is not None and not torch.allclose(c, mean) for c in probe_codes)
+    assert not torch.allclose(probe_codes[2], probe_codes[5])  # each start its own code
+    # each probe is scored with ITS code at its final camera (not with the mean code)
+    for j in range(2):
+        c2w, codes = calls[3 * j + 2][1], calls[3 * j + 2][2]
+        assert torch.allclose(out["probe_c2w"][j], c2w)
+        assert out["probe_losses"][j] == pytest.approx(
+            pose.image_loss(model.field(codes), c2w, K, image, model.cfg.n_samples))
+    # the kept probe goes on: the refinement's steps are numbered after the probe's
+    assert [s for s, _, _ in calls[6:]] == [3, 4]
+    assert torch.allclose(out["history"][2], out["probe_c2w"][out["kept"]])

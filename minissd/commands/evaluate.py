@@ -67,6 +67,9 @@ def add_arguments(p):
     p.add_argument("--no-true-pose", action="store_true",
                    help="pose: skip the fits with the TRUE camera (their columns are n/a); the "
                         "estimated-pose side alone")
+    p.add_argument("--probe", choices=["camera", "joint"],
+                   help="pose: how the start cameras are probed (default: the model kind's, "
+                        "related/pose.py DEFAULT_PROBE)")
     p.add_argument("--json", required=True, help="output JSON file")
     p.add_argument("--seed", type=non_negative(SEED_MAX), default=0, help="sampling seed (scene i: seed + i)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
@@ -97,6 +100,7 @@ def check_pair(model, model2, ckpt: str, ckpt2: str) -> None:
 def run_pose(args):
     """--task pose: minissd/related/pose_eval.py on either kind of model file."""
     from minissd.related.codenerf import load_any
+    from minissd.related.pose import PoseConfig
     from minissd.related.pose_eval import evaluate_pose, pose_table
     if len(args.input_views) != 1:
         raise UserError(f"--input-views {args.input_views}: --task pose takes one unposed view")
@@ -109,7 +113,8 @@ def run_pose(args):
     if len(SRNDataset(args.data)) == 0:
         raise UserError(f"--data {args.data}: no scenes")
     res = evaluate_pose(model, args.data, n_scenes=args.scenes, input_view=args.input_views[0],
-                        eval_every=args.eval_every, seed=args.seed, true_pose=not args.no_true_pose,
+                        eval_every=args.eval_every, pcfg=PoseConfig(probe=args.probe),
+                        seed=args.seed, true_pose=not args.no_true_pose,
                         on_row=lambda r: write_json({"args": vars(args), "results": r,
                                                      "partial": True}, args.json))
     table = pose_table({f"{res['model']} ({os.path.basename(args.ckpt)})": res})

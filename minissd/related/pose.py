@@ -13,29 +13,23 @@ a change of distance e^rho and a shift delta. p = 0 is the start camera; every p
 valid rotation, and the rays (cameras.rays_at_pixels) are differentiable in p.
 
 The protocol (nothing comes from the ground-truth pose):
-  1. grid search: render the category's MEAN code (CodeNeRF: mean embedding; SSDNeRF: the
-     mean training triplane) from cameras on the viewing sphere (n_azimuth x elevations at
-     the category's camera distance, looking at the origin) and rank them by the
-     photometric loss against the downsampled input image (`grid_search`);
+  1. grid search: render the MEAN code (CodeNeRF: mean embedding; SSDNeRF: mean training
+     triplane) from n_azimuth x elevations cameras at the category's distance, looking at
+     the origin, ranked by the loss against the downsampled input (`grid_search`);
   2. starts: the best `starts` grid cameras at least min_sep degrees apart, EACH with its
-     exact flip by 180 degrees about the vertical (a car's front and back look alike)
-     (`pick_starts`);
-  3. camera-only probes: each start moves the camera alone for `probe_steps`, the code(s)
-     FIXED at the mean, and is scored by the full-image loss at its final camera (`probe`).
-     A free code would repaint itself to fit the image from the wrong side and hide the
-     difference between the sides; a fixed mean code keeps what the category has in
-     common (e.g. pale headlights at the front, red lights at the back);
-  4. the best probe's camera is refined with the code(s) for steps - probe_steps
-     (`unposed_codenerf`, `unposed_ssdnerf`).
-The pose step is the same for both models (`pose_step`): fresh random pixels, rays from
-the current camera, rendering MSE, Adam, lr halved every 50 steps (the official posed
-schedule). CodeNeRF moves the codes in the same step (jointly, + 1e-4 (|z_s| + |z_t|));
-SSDNeRF alternates one pose step with one code step of finetuning (eq. 7: rendering +
-cached prior gradient, `nerf.autodecoder.code_step`), then, once the pose has settled,
-re-runs its usual guided sampling + finetuning at the estimated camera.
-
-Errors: rotation error = the angle of R_est^T R_gt in degrees; translation error =
-|t_est - t_gt| / |t_gt| (camera centres).
+     exact flip by 180 degrees about the vertical (front and back look alike) (`pick_starts`);
+  3. probes: each start is optimised for `probe_steps` and scored by the full-image loss
+     at its final camera; the lowest score is kept. PoseConfig.probe: "camera" moves the
+     camera alone, the code(s) FIXED at the mean (`probe`; a free triplane repaints itself
+     to fit the image from the wrong side), "joint" moves camera and code(s) together (the
+     steps of stage 4, scored with the probe's own code); DEFAULT_PROBE per model kind,
+     chosen on validation cars (docs/codenerf.md);
+  4. the kept probe is refined with the code(s) for steps - probe_steps ("camera": from
+     its camera and the mean code(s); "joint": the probe goes on).
+One pose step for both models (`pose_step`): fresh random pixels, rays from the current
+camera, rendering MSE, Adam, lr halved every 50 steps (official posed schedule); CodeNeRF
+moves its codes in the same step, SSDNeRF alternates it with a code step of eq. 7
+(`nerf.autodecoder.code_step`), then re-runs guided sampling + finetuning at the estimate.
 """
 from __future__ import annotations
 
@@ -46,11 +40,17 @@ import torch
 import torch.nn.functional as F
 
 from minissd.data.cameras import CAMERA_RADIUS, look_at, rays_at_pixels, sphere_to_xyz
+from minissd.errors import UserError
 from minissd.nerf.autodecoder import RayBatch, code_step
 from minissd.nerf.render import render_image, render_rays
 from minissd.nerf.triplane import CodeBank
 from minissd.prior.diffusion import prior_gradient
 from minissd.related.codenerf_fit import halved_lr, sample_pixels
+
+
+PROBES = ("camera", "joint")
+# PoseConfig.probe None: the model kind's mode, chosen on validation cars (docs/codenerf.md)
+DEFAULT_PROBE = {"codenerf": "joint", "ssdnerf": "camera"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,17 @@ class PoseConfig:
     lr_code: float = 1e-2            # CodeNeRF codes: AdamW (official posed lr); SSDNeRF code_step
     code_reg: float = 1e-4           # CodeNeRF: 1e-4 (|z_s| + |z_t|)
     prior_every: int = 4             # SSDNeRF: one denoiser pass per this many code steps
+    probe: str | None = None         # "camera" | "joint" | None: the model kind's DEFAULT_PROBE
+
+    def __post_init__(self):
+        if self.probe is not None and self.probe not in PROBES:
+            raise UserError(f"PoseConfig probe={self.probe!r}: expected one of "
+                            f"{', '.join(PROBES)} (or None: the model kind's default)")
+
+
+def probe_mode(pcfg: PoseConfig, kind: str) -> str:
+    """The probe mode used: pcfg.probe, else the default of the model kind."""
+    return pcfg.probe or DEFAULT_PROBE[kind]
 
 
 # ------------------------------------------------------------------ SO(3) and cameras
@@ -145,12 +156,9 @@ def grid_search(field, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig, n
 
 
 def pick_starts(cams: torch.Tensor, losses: torch.Tensor, pcfg: PoseConfig) -> torch.Tensor:
-    """Grid cameras in ranked order, each followed by its EXACT front/back flip, skipping a
-    grid camera within min_sep degrees of a start already kept (e.g. a grid camera near
-    an earlier flip), until `starts` grid cameras are kept: (2 * starts, 4, 4). Every
-    start and its flip are equally far from the two sides, so the probes compare the
-    sides fairly (a grid camera standing in for the flip would start off by up to a grid
-    step and lose for that reason alone)."""
+    """Grid cameras in ranked order, each followed by its EXACT front/back flip (so the two
+    sides start equally far from their optima), skipping a grid camera within min_sep
+    degrees of a start already kept, until `starts` grid cameras are kept: (2 * starts, 4, 4)."""
     far = lambda c, kept: all(float(rotation_error_deg(c[:3, :3], k[:3, :3])) >= pcfg.min_sep
                               for k in kept)                           # noqa: E731
     starts = []
@@ -198,9 +206,8 @@ def image_loss(field, c2w: torch.Tensor, K: torch.Tensor, image: torch.Tensor, n
 def probe(field, c2w0: torch.Tensor, K: torch.Tensor, image: torch.Tensor, pcfg: PoseConfig,
           n_samples: int, near_min: float = 0.2, generator=None, callback=None) -> dict:
     """A CAMERA-ONLY probe: probe_steps pose steps from c2w0 with the code(s) fixed in
-    `field` (the mean code), then the full-image loss at the final camera. A fixed code
-    cannot repaint itself to match the image from the wrong side, so the score keeps what
-    tells a car's front from its back. Returns {"c2w", "score", "history", "losses"}."""
+    `field` (the mean code), then the full-image loss at the final camera.
+    Returns {"c2w", "score", "history", "losses"}."""
     p = torch.zeros(7, device=image.device, requires_grad=True)
     opt = torch.optim.Adam([p], lr=pcfg.lr_pose)
     state = {"losses": [], "history": []}
@@ -219,18 +226,30 @@ def _record(state: dict, step: int, c2w, code, loss: float, callback=None) -> No
         callback(step, c2w, code, loss)
 
 
-def _probe_then_refine(field0, starts, run, K, image, pcfg: PoseConfig, n_samples: int,
-                       near_min: float, generator=None, callback=None) -> dict:
-    """Probe every start with the camera only (`probe`), keep the lowest full-image loss,
-    and refine from its camera for steps - probe_steps with `run(c2w0, n, None)` (camera
-    and code(s) together). The returned state's history / losses are the kept probe's
-    followed by the refinement's (pcfg.steps entries)."""
-    probes = [probe(field0, c, K, image, pcfg, n_samples, near_min, generator, callback) for c in starts]
+def _probe_then_refine(field0, field_of, starts, run, K, image, pcfg: PoseConfig, mode: str,
+                       n_samples: int, near_min: float, generator=None, callback=None) -> dict:
+    """Probe every start, keep the lowest full-image loss, refine it for steps - probe_steps.
+    run(c2w0, n, state): n steps on camera and code(s) (state None: from the mean code(s));
+    field_of(state): the field of its code(s). "camera": `probe` on field0 (mean code(s)
+    fixed), the kept camera starts a new run; "joint": run from each start, scored with its
+    own code(s), the kept run goes on. History / losses: probe's, then refinement's."""
+    probes = []
+    for c in starts:
+        if mode == "camera":
+            probes.append(probe(field0, c, K, image, pcfg, n_samples, near_min, generator, callback))
+            continue
+        st = run(c, pcfg.probe_steps, None)
+        c2w = st["history"][-1] if st["history"] else c
+        probes.append({**st, "c2w": c2w,
+                       "score": image_loss(field_of(st), c2w, K, image, n_samples, near_min)})
     k = min(range(len(probes)), key=lambda i: probes[i]["score"])
-    state = run(probes[k]["c2w"], pcfg.steps - pcfg.probe_steps, None)
-    state["history"] = probes[k]["history"] + state["history"]
-    state["losses"] = probes[k]["losses"] + state["losses"]
-    state.update(probe_losses=[q["score"] for q in probes], kept=k,
+    if mode == "joint":
+        state = run(probes[k]["c2w0"], pcfg.steps - pcfg.probe_steps, probes[k])
+    else:
+        state = run(probes[k]["c2w"], pcfg.steps - pcfg.probe_steps, None)
+        state.update(history=probes[k]["history"] + state["history"],
+                     losses=probes[k]["losses"] + state["losses"])
+    state.update(probe_losses=[q["score"] for q in probes], kept=k, probe=mode,
                  probe_c2w=torch.stack([q["c2w"] for q in probes]))
     return state
 
@@ -239,17 +258,16 @@ def _result(best: dict, starts, **code) -> dict:
     c2w = best["history"][-1] if best["history"] else best["c2w0"]
     return {"c2w": c2w, **code, "history": best["history"], "losses": best["losses"],
             "starts": starts, "probe_losses": best["probe_losses"], "kept": best["kept"],
-            "probe_c2w": best["probe_c2w"]}
+            "probe_c2w": best["probe_c2w"], "probe": best["probe"]}
 
 
 # ------------------------------------------------------------------ CodeNeRF
 def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig | None = None,
                      generator=None, callback=None) -> dict:
     """Pose and codes of one unposed image (H, W, 3) (CodeNeRF eq. 5). Returns {"c2w" (4, 4),
-    "codes" (1, 2, D), "history": [c2w after each step of the kept probe, then of the
-    refinement], "losses", "starts", "probe_losses" (each probe's full-image score), "kept"
-    (index of the kept start), "probe_c2w" (each probe's final camera)}.
-    callback(step, c2w, codes, loss) after every step (codes None during the probes)."""
+    "codes" (1, 2, D), "history": [c2w after each step, kept probe then refinement], "losses", "starts", "probe_losses" (each probe's full-image score), "kept"
+    (index of the kept start), "probe_c2w" (each probe's final camera), "probe" (the mode)}.
+    callback(step, c2w, codes, loss) after every step (codes None in camera-only probes)."""
     pcfg = pcfg or PoseConfig()
     cams, losses = grid_search(model.field(model.mean_code()), image, K, pcfg, model.cfg.n_samples,
                                model.cfg.near_min)
@@ -272,21 +290,23 @@ def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConf
             _record(state, step, camera(c2w0, p).detach(), codes.detach(), loss, callback)
         return state
 
-    best = _probe_then_refine(model.field(model.mean_code()), starts, run, K, image, pcfg,
-                              model.cfg.n_samples, model.cfg.near_min, generator, callback)
+    best = _probe_then_refine(model.field(model.mean_code()),
+                              lambda st: model.field(st["codes"].detach()), starts, run, K, image,
+                              pcfg, probe_mode(pcfg, "codenerf"), model.cfg.n_samples,
+                              model.cfg.near_min, generator, callback)
     return _result(best, starts, codes=best["codes"].detach())
 
 
 # ------------------------------------------------------------------ SSDNeRF
 def unposed_ssdnerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig | None = None,
                     generator=None, callback=None) -> dict:
-    """The camera of one unposed image for an SSDNeRF `Model`: camera-only probes of the
-    mean training triplane from every start (`probe`); from the kept probe's camera,
+    """The camera of one unposed image for an SSDNeRF `Model`: probes from every start
+    (by default camera-only, of the mean training triplane: `probe`); from the kept probe,
     alternate a pose step (code fixed) and a code step (pose fixed; rendering +
     the cached prior gradient of eq. 7, one denoiser pass every prior_every steps). The
     caller then reconstructs at result["c2w"] with guided sampling + finetuning
     (`testtime.reconstruct.reconstruct`). Returns {"c2w", "code" (1, 3, C, R, R), "history",
-    "losses", "starts", "probe_losses", "kept", "probe_c2w"} as unposed_codenerf."""
+    "losses", "starts", "probe_losses", "kept", "probe_c2w", "probe"} as unposed_codenerf."""
     pcfg = pcfg or PoseConfig()
     cfg, tcfg = model.cfg, model.test
     mean = model.codes.mean(dim=0, keepdim=True)                         # (1, 3, C, R, R)
@@ -318,8 +338,9 @@ def unposed_ssdnerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfi
             _record(state, step, c2w, bank.activated(), loss, callback)
         return state
 
-    best = _probe_then_refine(model.field(mean), starts, run, K, image, pcfg, cfg.n_samples,
-                              cfg.near_min, generator, callback)
+    best = _probe_then_refine(model.field(mean), lambda st: model.field(st["bank"].activated()),
+                              starts, run, K, image, pcfg, probe_mode(pcfg, "ssdnerf"),
+                              cfg.n_samples, cfg.near_min, generator, callback)
     return _result(best, starts, code=best["bank"].activated())
 
 

@@ -28,7 +28,7 @@ from minissd.data.cameras import eval_view_ids, scaled_view_ids
 from minissd.eval import metrics
 from minissd.eval.evaluate import FINETUNE_SEED, _dataset
 from minissd.related.codenerf_fit import fit_codes_posed, render_codes
-from minissd.related.pose import PoseConfig, pose_errors, unposed
+from minissd.related.pose import PoseConfig, pose_errors, probe_mode, unposed
 from minissd.testtime.generate import render_views
 from minissd.testtime.reconstruct import reconstruct, select_views
 
@@ -74,7 +74,9 @@ def evaluate_pose_scene(model, scene: dict, input_id: int, eval_ids, pcfg: PoseC
     row = {"scene": scene["name"], "input_id": input_id, "rot_err_deg": rot, "trans_err_rel": trans,
            "PSNR": float(metrics.psnr(pred, ev["images"]).mean()),
            "SSIM": float(metrics.ssim(pred, ev["images"]).mean()),
-           "probe_losses": est["probe_losses"]}
+           "probe_losses": est["probe_losses"], "kept": est["kept"],
+           "probe_rot_err_deg": [pose_errors(c.cpu(), scene["c2w"][input_id])[0]   # diagnostic
+                                 for c in est["probe_c2w"]]}
     if true_pose:
         views = select_views(scene, [input_id])
         views = {k: v.to(dev) for k, v in views.items()}
@@ -153,8 +155,10 @@ def evaluate_pose(model, data, n_scenes: int | None = None, input_view: int = 64
 
 
 def _result(model, rows, input_view, eval_every, pcfg) -> dict:
-    return {"task": "pose", "model": getattr(model, "kind", "ssdnerf"), "scenes": rows,
+    kind = getattr(model, "kind", "ssdnerf")
+    return {"task": "pose", "model": kind, "scenes": rows,
             **summarise(rows), "protocol": {"input_view": input_view, "eval_every": eval_every,
+                                            "probe": probe_mode(pcfg, kind),
                                             "pose_config": {k: getattr(pcfg, k) for k in
                                                             pcfg.__dataclass_fields__}}}
 
