@@ -231,6 +231,16 @@ def get_preset(name: str, **overrides) -> Config:
 
 FIELD_TYPES = field_kinds(Config)                  # "int", "float", "str", "tuple"
 TEST_FIELD_TYPES = field_kinds(TestConfig)
+# what a baseline's config (CodeNeRF, DiffRF) copies from the SSDNeRF preset of its name: the
+# same training data and samples per ray, so that a comparison sees the same cars
+DATA_FIELDS = ("image_res", "views_per_scene", "data_scenes", "data_views", "n_samples",
+               "near_min", "seed")
+
+
+def preset_data(name: str) -> dict:
+    """name and the DATA_FIELDS of SSDNeRF preset `name`, as a baseline config's keywords."""
+    c = get_preset(name)
+    return dict(name=name, **{k: getattr(c, k) for k in DATA_FIELDS})
 
 
 def parse_override(text: str) -> tuple[str, object]:

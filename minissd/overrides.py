@@ -13,7 +13,7 @@ loaded (see config.py).
 """
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import asdict, fields
 import json
 import os
 
@@ -86,6 +86,21 @@ def typed_dict(raw, kinds: dict, where: str) -> dict:
     if unknown:
         raise ValueError(f"{where}: unknown config keys {unknown}; valid keys: {', '.join(kinds)}")
     return {k: coerce(kinds[k], k, v, where) for k, v in raw.items()}
+
+
+class StoredConfig:
+    """to_dict / from_dict for a frozen dataclass config stored in model files and hashed
+    into model keys (the baselines' CodeNeRFConfig, DiffRFConfig): to_dict is asdict, and
+    from_dict reads it back typed (`typed_dict`, tuples from JSON lists)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str | None = None):
+        """A config from its to_dict() (a model file's); unknown keys and wrong types
+        refused naming `where` (default: the class name)."""
+        return cls(**typed_dict(d, field_kinds(cls), where or cls.__name__))
 
 
 def read_json_file(path: str, flag: str, limit: int = MAX_CONFIG_BYTES):

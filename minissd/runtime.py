@@ -18,10 +18,11 @@ OMP_WAIT_POLICY=PASSIVE), burning the CPU the late thread needs. Measured on 2 s
 (load ~15): the laptop UNet step took 14.5 s and 3.0 CPU-s with 2 spinning threads, 1.4 s
 and 0.33 CPU-s with 2 passive threads, 1.4 s and 0.27 CPU-s with 1 thread (docs/speed.md).
 `set_threads("auto")` starts a ThreadGovernor: threads = the cores this process may run on
-(os.sched_getaffinity) minus the ones other processes keep busy, at least 1, measured from
-/proc/stat over a 0.1 s look when minissd is imported and then over the last few seconds
-whenever a long loop calls `tick()` (training, the baselines' trainers, DDIM sampling), so
-a competitor that starts or stops mid-run changes the count within a few iterations.
+(os.sched_getaffinity) minus the ones other processes keep busy, at least 1: guessed when
+minissd is imported from the tasks runnable at that instant (/proc/loadavg, no waiting), then
+measured from /proc/stat over the last few seconds whenever a long loop calls `tick()`
+(training, the baselines' trainers, DDIM sampling), so a competitor that starts or stops
+mid-run changes the count within a few iterations.
 minissd calls set_threads once, in `minissd/__init__.py`, with MINISSD_THREADS ("auto", a
 number, or "torch" for PyTorch's own default; a number or "torch" is never changed), and,
 when neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set and torch has not been imported yet,
@@ -137,6 +138,20 @@ def read_busy_seconds(path: str = "/proc/stat") -> float | None:
     return sum(jiffies) / os.sysconf("SC_CLK_TCK") if jiffies else None
 
 
+def read_running_others(path: str = "/proc/loadavg") -> float | None:
+    """Other tasks runnable right now, as busy cores among the ones this process may use:
+    (the 4th field of /proc/loadavg, "running/total", minus this process's reading thread)
+    x usable cores / all cores (runnable tasks counted machine-wide, assumed spread evenly).
+    An instantaneous count, so it needs no waiting (/proc/stat needs two reads some time
+    apart); None where the file is missing or unreadable (macOS, Windows)."""
+    try:
+        with open(path) as f:
+            running = int(f.read().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    return max(0, running - 1) * usable_cores() / max(os.cpu_count() or 1, usable_cores())
+
+
 class ThreadGovernor:
     """Keep torch's threads at the cores other processes leave free, during the run.
 
@@ -145,20 +160,21 @@ class ThreadGovernor:
     costs far more than the core it would add. What: over a window of at least `every`
     seconds, others = (busy CPU seconds of this process's CPUs in /proc/stat - this
     process's own CPU seconds) / wall seconds, and threads = cores - others rounded, at
-    least 1. Hysteresis: the count changes only when cores - others is `band` or more away
+    least 1. The first decision (`start`, at import) cannot wait for a window: it takes
+    others = the tasks runnable at that instant (`read_running_others`). Hysteresis: the count changes only when cores - others is `band` or more away
     from it (2 threads on 2 cores stay until other processes take 0.55 of a core; a
     competitor that shares the 2 cores with our 2 threads gets at least 2/3 of one).
     Without /proc/stat, others = the 1-minute load average minus this process's own CPU
-    use. The readers and `apply` are arguments so that tests can feed fake readings."""
+    use (and, without /proc/loadavg, the load average at start). The readers and `apply` are arguments so that tests can feed fake readings."""
 
     def __init__(self, cores: int | None = None, every: float = 2.0, band: float = 0.55,
                  read_busy=read_busy_seconds, read_own=time.process_time, clock=time.monotonic,
-                 sleep=time.sleep, loadavg=load_average, apply=torch.set_num_threads,
-                 current=torch.get_num_threads):
+                 read_running=read_running_others, loadavg=load_average,
+                 apply=torch.set_num_threads, current=torch.get_num_threads):
         self.cores = cores or usable_cores()
         self.every, self.band = every, band
-        self.read_busy, self.read_own, self.clock, self.sleep = read_busy, read_own, clock, sleep
-        self.loadavg = loadavg
+        self.read_busy, self.read_own, self.clock = read_busy, read_own, clock
+        self.read_running, self.loadavg = read_running, loadavg
         self.apply, self.current = apply, current
         self.threads: int | None = None             # None until start(); 0 after someone else set them
         self.history = collections.deque(maxlen=256)  # (others, threads) of each decision
@@ -184,11 +200,13 @@ class ThreadGovernor:
         self.history.append((round(others, 3), self.threads))
         return self.threads
 
-    def start(self, sample_s: float = 0.1) -> int:
-        """The first decision: a `sample_s` look at /proc/stat (not the lagging load average)."""
+    def start(self) -> int:
+        """The first decision, without waiting: the tasks runnable now (not the lagging load
+        average, which still holds the previous job); the first `tick()` at least `every`
+        seconds later measures /proc/stat over the time since."""
         self._mark()
-        self.sleep(sample_s)
-        self.apply(self.decide(self.others()))
+        running = self.read_running()
+        self.apply(self.decide(self.loadavg()[0] if running is None else running))
         return self.threads
 
     def tick(self) -> int:

@@ -12,6 +12,7 @@ from minissd.cli import main
 from minissd.related.codenerf_fit import CodeNeRFTrainer
 from minissd.related.diffrf_train import DiffRFTrainer
 from minissd.ssd import checkpoint as ckpt
+from minissd.ssd.train import Trainer
 
 # tiny runs of 6 iterations, a checkpoint every 2 (DiffRF: 3 fitting steps, 3 denoiser steps)
 SETS = {"codenerf": ["latent=8", "hidden=16", "rays_per_scene=32", "scenes_per_batch=2",
@@ -122,3 +123,24 @@ def test_a_checkpoint_of_the_other_baseline_is_refused(made, tmp_path, capsys):
     assert cli(argv("diffrf", made, out, iters=4), capsys)[0] in (0, None)
     rc, err = cli(argv("codenerf", made, out) + ["--resume"], capsys)
     assert rc == 1 and len(err) == 1 and "checkpoint.pt: format" in err[0], err
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("cls, row, shown", [
+    (Trainer, {"phase": "single-stage", "loss_rend": 0.0123456, "loss_diff": 0.5,
+               "loss_diff_extra": 0.25, "k_in": 2}, {"loss_rend": "0.01235", "loss_diff": "0.5"}),
+    (Trainer, {"phase": "stage1", "loss_rend": 1e-5, "loss_diff": NAN, "loss_diff_extra": NAN},
+     {"loss_rend": "1e-05"}),
+    (Trainer, {"phase": "stage2", "loss_rend": NAN, "loss_diff": 0.75, "loss_diff_extra": 0.5},
+     {"loss_diff": "0.75"}),
+    (CodeNeRFTrainer, {"loss": 0.02, "mse": 0.01, "psnr": 20.0, "time": 1.5}, {"psnr": "20.00"}),
+    (DiffRFTrainer, {"phase": "fit", "fit_psnr": 18.123456}, {"fit_psnr": "18.12"}),
+    (DiffRFTrainer, {"phase": "diffusion", "loss_rf": 0.5, "loss_rgb": 0.0312345},
+     {"loss_rf": "0.5", "loss_rgb": "0.03123"}),
+])
+def test_the_progress_bar_shows_the_keys_each_trainer_declares(cls, row, shown):
+    """One postfix (resume.ResumableLoop.postfix over the trainer's SHOWN keys): the
+    logged values each trainer's bar shows, formatted, NaN (not computed) left out."""
+    assert cls.postfix(cls.__new__(cls), dict(row, iter=3)) == shown

@@ -1,5 +1,6 @@
 """The thread governor (runtime.ThreadGovernor): torch's threads follow the CPU other
-processes leave free, measured from /proc/stat, during the run. Fed fake readings."""
+processes leave free: first from the tasks runnable at import (/proc/loadavg), then
+measured from /proc/stat during the run. Fed fake readings."""
 import os
 
 import pytest
@@ -11,11 +12,13 @@ GOVERNOR = runtime.ThreadGovernor           # (some tests replace runtime's name
 
 
 class Machine:
-    """A fake clock, /proc/stat busy seconds, own CPU seconds and thread setting."""
+    """A fake clock, /proc/stat busy seconds, own CPU seconds, other tasks runnable now
+    (/proc/loadavg) and thread setting."""
 
-    def __init__(self, load=(0.0, 0.0, 0.0), proc_stat=True):
-        self.t, self.busy, self.own, self.load = 100.0, 5000.0, 3.0, load
-        self.proc_stat, self.threads, self.applied = proc_stat, 7, []
+    def __init__(self, load=(0.0, 0.0, 0.0), proc_stat=True, proc_loadavg=True):
+        self.t, self.busy, self.own, self.load, self.running = 100.0, 5000.0, 3.0, load, 0.0
+        self.proc_stat, self.proc_loadavg = proc_stat, proc_loadavg
+        self.threads, self.applied = 7, []
 
     def run(self, seconds, others, own):
         """`seconds` pass with other processes on `others` cores and this one on `own`."""
@@ -31,16 +34,17 @@ class Machine:
         return GOVERNOR(
             cores=cores, read_busy=lambda: self.busy if self.proc_stat else None,
             read_own=lambda: self.own, clock=lambda: self.t, loadavg=lambda: self.load,
-            sleep=lambda s: self.run(s, self.during_sample, 0.0), apply=self.set_threads,
-            current=lambda: self.threads, **kw)
-
-    during_sample = 0.0
+            read_running=lambda: self.running if self.proc_loadavg else None,
+            apply=self.set_threads, current=lambda: self.threads, **kw)
 
 
 def started(m, others_at_start=0.0, **kw):
-    m.during_sample = others_at_start
+    """A governor's first decision with `others_at_start` other tasks runnable."""
+    m.running = others_at_start
     g = m.governor(**kw)
-    g.start(sample_s=0.1)
+    t0 = m.t
+    g.start()
+    assert m.t == t0                                # no waiting: the import stays fast
     return g
 
 
@@ -98,8 +102,22 @@ def test_hysteresis_keeps_the_count_near_the_boundary():
     assert m.applied == [2, 1, 2]
 
 
+def test_the_first_tick_replaces_the_instant_guess_by_the_measure():
+    m = Machine()
+    g = started(m, others_at_start=1.0)             # e.g. a short-lived task at import
+    assert m.threads == 1
+    m.run(1.0, others=0.0, own=0.9)
+    assert g.tick() == 1                            # before `every`: still the guess
+    m.run(1.5, others=0.0, own=0.9)                 # /proc/stat since import: idle
+    assert g.tick() == 2 == m.threads and m.applied == [1, 2]
+    m = Machine()
+    g = started(m, others_at_start=0.0)             # a competitor not runnable at that instant
+    m.run(2.5, others=1.0, own=1.0)
+    assert g.tick() == 1 and m.applied == [2, 1]
+
+
 def test_without_proc_stat_the_load_average_minus_our_own_use():
-    m = Machine(load=(1.0, 1.0, 1.0), proc_stat=False)
+    m = Machine(load=(1.0, 1.0, 1.0), proc_stat=False, proc_loadavg=False)
     g = started(m)
     assert g.threads == 1 == runtime.threads_for(2, 1.0)       # the import-time load rule
     m.run(3.0, others=0.0, own=1.0)     # the load of 1.0 is this process itself
@@ -167,6 +185,21 @@ def test_read_busy_seconds_counts_only_our_cpus(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {7}, raising=False)
     assert runtime.read_busy_seconds(str(stat)) is None
     assert runtime.read_busy_seconds(str(tmp_path / "missing")) is None
+
+
+def test_read_running_others_counts_runnable_tasks_but_ours(tmp_path, monkeypatch):
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("1.90 1.50 1.00 3/93 12345\n")   # 3 runnable: this process + 2 others
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert runtime.read_running_others(str(loadavg)) == 2.0
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)     # others spread over 8 cores, 2 ours
+    assert runtime.read_running_others(str(loadavg)) == 0.5
+    loadavg.write_text("0.00 0.00 0.00 1/93 12345\n")   # only this process
+    assert runtime.read_running_others(str(loadavg)) == 0.0
+    loadavg.write_text("0.00 0.00\n")
+    assert runtime.read_running_others(str(loadavg)) is None
+    assert runtime.read_running_others(str(tmp_path / "missing")) is None
 
 
 def test_the_long_loops_call_tick(monkeypatch):

@@ -25,28 +25,25 @@ per ray and image size of the SSDNeRF preset the config copies (48 samples, 64 p
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minissd.config import PRESETS, Config
+from minissd.config import preset_data
 from minissd.nerf.triplane import CodeBank
-from minissd.overrides import field_kinds, typed_dict
+from minissd.overrides import StoredConfig
 from minissd.ssd import checkpoint as ckpt
 
 MODEL_FORMAT = "minissd-codenerf-v1"
-# the data fields a CodeNeRF config copies from an SSDNeRF preset: the same training data
-DATA_FIELDS = ("image_res", "views_per_scene", "data_scenes", "data_views", "n_samples",
-               "near_min", "seed")
 
 
 @dataclass(frozen=True)
-class CodeNeRFConfig:
+class CodeNeRFConfig(StoredConfig):
     name: str = "laptop"             # the SSDNeRF preset whose data it trains on
-    # --- data and renderer: copied from the SSDNeRF preset (from_preset) ------------
+    # --- data and renderer: the SSDNeRF preset's (config.preset_data) ----------------
     image_res: int = 64
     views_per_scene: int = 0
     data_scenes: int = 64
@@ -75,20 +72,9 @@ class CodeNeRFConfig:
     def from_preset(cls, name: str = "laptop", **overrides) -> "CodeNeRFConfig":
         """The CodeNeRF config training on the data (and rendering with the samples) of
         minissd's SSDNeRF preset `name`: a fair comparison sees the same cars."""
-        base: Config = PRESETS[name]
         small = {"smoke": dict(latent=16, hidden=32, iters=150, rays_per_scene=128,
                                ckpt_every=25, warmup=10)}.get(name, {})
-        cfg = cls(name=name, **{k: getattr(base, k) for k in DATA_FIELDS}, **small)
-        return replace(cfg, **overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "CodeNeRF config") -> "CodeNeRFConfig":
-        """A config from its to_dict() (a model file's); unknown keys and wrong types refused
-        naming `where` (overrides.typed_dict, as Config.from_dict)."""
-        return cls(**typed_dict(d, field_kinds(cls), where))
+        return replace(cls(**preset_data(name), **small), **overrides)
 
 
 def positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:

@@ -82,6 +82,7 @@ class CodeNeRFTrainer(ResumableLoop):
     log) with resume.ResumableLoop's loop: run lock, atomic checkpoints, a finiteness
     check of the loss, network and codes every iteration, the divergence stop."""
     FORMAT, ITER_KEY, mode = CKPT_FORMAT, "it", "CodeNeRF"
+    SHOWN = {"psnr": ".2f"}
     STATE_KEYS = ("format", "config", "data_id", "it", "net", "opt", "bank", "generator", "log")
 
     def __init__(self, cfg: CodeNeRFConfig, data: dict, device="cpu", out_dir: str | None = None,
@@ -109,9 +110,6 @@ class CodeNeRFTrainer(ResumableLoop):
 
     def loss_keys(self, row: dict) -> tuple:
         return ("mse",)
-
-    def postfix(self, row: dict) -> dict:
-        return {"psnr": f"{row['psnr']:.2f}"}
 
     def watched(self) -> dict:
         return {"net": self.net, "bank": {"codes_": self.bank.codes_}}

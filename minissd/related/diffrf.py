@@ -31,14 +31,14 @@ loss at each step (`ImageGuidance`, the seed's f~_0^t <- f~_0^t - lambda grad l(
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 
-from minissd.config import get_preset
+from minissd.config import preset_data
 from minissd.nerf.render import render_rays
-from minissd.overrides import field_kinds, typed_dict
+from minissd.overrides import StoredConfig
 from minissd.prior.diffusion import NoiseSchedule, q_sample, x0_from_eps
 from minissd.prior.sampling import ddim_sample
 from minissd.related.unet3d import UNet3D
@@ -51,9 +51,9 @@ MODEL_FORMAT = "minissd-diffrf-v1"
 
 
 @dataclass(frozen=True)
-class DiffRFConfig:
+class DiffRFConfig(StoredConfig):
     name: str = "laptop"
-    # --- data: the SSDNeRF preset of the same name's (config.PRESETS) ---------------
+    # --- data: the SSDNeRF preset of the same name's (config.preset_data) -----------
     image_res: int = 64
     views_per_scene: int = 0
     data_scenes: int = 64
@@ -85,27 +85,12 @@ class DiffRFConfig:
     ckpt_every: int = 50
     seed: int = 0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "DiffRF config") -> "DiffRFConfig":
-        """A config from its to_dict() (a model file's); unknown keys and wrong types refused
-        naming `where` (overrides.typed_dict, as Config.from_dict)."""
-        return cls(**typed_dict(d, field_kinds(cls), where))
-
-
-def _data_of(preset: str) -> dict:
-    c = get_preset(preset)
-    return dict(name=preset, image_res=c.image_res, data_scenes=c.data_scenes,
-                data_views=c.data_views, n_samples=c.n_samples)
-
 
 PRESETS = {
-    "smoke": DiffRFConfig(**_data_of("smoke"), fit_iters=100, fit_batch=8, fit_rays=256,
+    "smoke": DiffRFConfig(**preset_data("smoke"), fit_iters=100, fit_batch=8, fit_rays=256,
                           unet_base=8, unet_mults=(1, 2), unet_groups=4, iters=300, batch=8,
                           rgb_rays=128, ddim_steps=10, ema_beta=0.9, warmup=5, ckpt_every=20),
-    "laptop": DiffRFConfig(**_data_of("laptop")),
+    "laptop": DiffRFConfig(**preset_data("laptop")),
 }
 
 

@@ -42,6 +42,7 @@ class DiffRFTrainer(ResumableLoop):
     with resume.ResumableLoop's loop: run lock, atomic checkpoints, a finiteness check of
     the losses, grids, UNet and EMA every iteration, the divergence stop."""
     FORMAT, mode, LR_EXAMPLE = FORMAT, "diffrf", "lr"
+    SHOWN = {"fit_psnr": ".4g", "loss_rf": ".4g", "loss_rgb": ".4g"}
     STATE_KEYS = ("format", "config", "data_id", "iter", "bank", "prior", "ema", "opt", "rng",
                   "torch_rng", "log")
 

@@ -23,9 +23,9 @@ file-level parts (atomic writes, safe loads, the run lock):
 
 A trainer provides cfg (with ckpt_every), out_dir, data_id, it, log, total_iters, mode
 (the progress bar's label), `outer_step()` (one iteration: appends and returns its log
-row), `loss_keys(row)`, `watched()`, `state_dict()` and `load_state_dict(sd, path)`
-(check_checkpoint, then load_parts). `train()`'s `while` loop is the one place that runs
-once per iteration, for every trainer.
+row), `loss_keys(row)`, SHOWN (the logged keys its progress bar shows), `watched()`,
+`state_dict()` and `load_state_dict(sd, path)` (check_checkpoint, then load_parts).
+`train()`'s `while` loop is the one place that runs once per iteration, for every trainer.
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ class ResumableLoop:
     ITER_KEY = "iter"            # the entry holding the iteration count
     SAME_AS_RUN = ("data_id",)   # entries that must equal this trainer's attributes
     LR_EXAMPLE = "lr_code"       # a learning rate to name when training diverges
+    SHOWN: dict = {}             # the progress bar's logged keys -> their format, e.g. {"psnr": ".2f"}
 
     def train(self, iters: int | None = None, progress: bool = True, stop_after: int | None = None,
               log_every: int = 10):
@@ -105,8 +106,10 @@ class ResumableLoop:
         return self.it % self.cfg.ckpt_every == 0 or self.it == end
 
     def postfix(self, row: dict) -> dict:
-        """The progress bar's numbers: the row's finite losses."""
-        return {k: f"{row[k]:.4g}" for k in self.loss_keys(row) if math.isfinite(row[k])}
+        """The progress bar's numbers: the row's values of the SHOWN keys, formatted, left
+        out where the row has none or NaN (a loss its phase does not compute)."""
+        return {k: format(row[k], spec) for k, spec in self.SHOWN.items()
+                if k in row and not math.isnan(row[k])}
 
     def diverged(self, row: dict) -> str:
         """'' if the row's losses (loss_keys) are finite, else which are not, with values."""
@@ -230,6 +233,7 @@ class ResumableLoop:
 class Resumable(ResumableLoop):
     """Mixin of train.Trainer: its checkpoint's contents and its divergence test."""
     FORMAT, STATE_KEYS, SAME_AS_RUN = FORMAT, STATE_KEYS, ("mode", "data_id")
+    SHOWN = {"loss_rend": ".4g", "loss_diff": ".4g"}
 
     def loss_keys(self, row: dict) -> tuple:
         """The losses of a row that must be finite. Missing losses are NaN by design and
@@ -240,9 +244,6 @@ class Resumable(ResumableLoop):
         if self.cfg.diff_steps > 1 and row["phase"] != "stage1":
             keys += ("loss_diff_extra",)
         return keys
-
-    def postfix(self, row: dict) -> dict:
-        return {k: f"{row[k]:.4g}" for k in ("loss_rend", "loss_diff") if not math.isnan(row[k])}
 
     def watched(self) -> dict:
         return {"bank": {"codes_": self.bank.codes_}, **{name: getattr(self, name) for name in MODULES}}
