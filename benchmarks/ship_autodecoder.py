@@ -5,7 +5,7 @@
 runs exactly the call notebook 02 makes in full mode, `fitted.load_or_fit(cfg, train, 3000,
 data_id, refit=True)` on 32 procedural cars x 50 training views (views 50-59 held out), the
 `laptop` preset (preset_for_notebook("laptop"); MINISSD_PRESET must be unset), and copies the
-cached file to assets/models/KEY.pt, printing the key, the file size, the CPU-seconds and the
+cached file into the assets/models folder (named KEY.pt), printing the key, the file size, the CPU-seconds and the
 held-out PSNR the notebook asserts on (> 24 dB). The fit is deterministic (one generator seeded
 with cfg.seed, one thread), so rerunning this writes the same file on the same kind of CPU.
 About 3000 x 0.5 CPU-s, 25 minutes of one core (docs/notebook_times.md). The arguments must
