@@ -77,11 +77,11 @@ def test_bf16_training_steps_track_fp32():
 
 
 def test_auto_threads_leave_the_busy_cores(monkeypatch):
-    """Where /proc/stat is missing, the governor's first decision is the usable cores minus
-    the 1-minute load average."""
+    """Where /proc/stat and /proc/loadavg's runnable count are missing, the governor's first
+    decision is the usable cores minus the 1-minute load average."""
     def first_decision():
         g = runtime.ThreadGovernor(read_busy=lambda: None, read_own=lambda: 0.0,
-                                   sleep=lambda s: None, apply=lambda n: None)
+                                   read_running=lambda: None, apply=lambda n: None)
         return g.start()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     for load, want in ((0.0, 2), (0.4, 2), (1.0, 1), (1.6, 1), (7.0, 1)):
