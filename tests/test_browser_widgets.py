@@ -49,10 +49,9 @@ NOTEBOOK_CELLS = [
 
 VIEWER_CELLS = [
     # notebooks 01, 06, 07: the drag-to-rotate viewer of one code
-    "from minissd.ssd.model import Model\n"
-    "from minissd.viz import orbit_viewer\n"
     "from minissd.config import get_preset\n"
-    "from minissd.ssd.model import find_model\n"
+    "from minissd.ssd.model import Model, find_model\n"
+    "from minissd.viz import orbit_viewer\n"
     "model = Model.load(find_model('cars', 'single-stage', get_preset('laptop')))   # the shipped laptop model\n"
     "viewer = orbit_viewer(model, model.codes[0], res=64, controls='mouse')\n"
     "viewer\n",
