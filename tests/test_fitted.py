@@ -67,3 +67,16 @@ def test_a_wrong_file_is_refused(tmp_path):
     torch.save({"format": "something else", "key": "x"}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a fitted auto-decoder"):
         fitted.load_fit(str(tmp_path / "x.pt"), CFG)
+    (tmp_path / "y.pt").write_bytes(b"truncated")                      # not a torch file at all
+    with pytest.raises(ValueError, match=r"y\.pt: not a fitted auto-decoder"):
+        fitted.load_fit(str(tmp_path / "y.pt"), CFG)
+
+
+def test_notebook_02_full_mode_finds_the_shipped_fit():
+    """The key hashes the whole config: a changed `laptop` default would orphan the shipped
+    fit, and notebook 02's full mode would silently fit for ~15 minutes again."""
+    import os
+    from minissd.ssd.model import model_dirs
+    shipped = {f for d in model_dirs() if os.path.isdir(d) for f in os.listdir(d)}
+    key = fitted.fit_key(get_preset("laptop"), "cars_train_n32_v60_r64_s0_f1-50v", 3000)
+    assert key + ".pt" in shipped

@@ -86,8 +86,15 @@ def unpack(blob: dict, cfg: Config, device="cpu"):
 
 
 def load_fit(path: str, cfg: Config, device="cpu"):
-    """(bank, decoder, log) of a fit file written by save_fit."""
-    return unpack(torch.load(path, map_location="cpu", weights_only=False), cfg, device)
+    """(bank, decoder, log) of a fit file written by save_fit; a ValueError naming the file
+    when it is not one (tensors and plain containers only: weights_only loading)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # missing, truncated, or not a torch file
+        raise ValueError(f"{path}: not a fitted auto-decoder ({type(e).__name__}: {e})") from e
+    if not isinstance(blob, dict):
+        raise ValueError(f"{path}: not a fitted auto-decoder ({FORMAT})")
+    return unpack(blob, cfg, device)
 
 
 def save_fit(path: str, bank: CodeBank, decoder: TriplaneDecoder, log: list, cfg: Config,
