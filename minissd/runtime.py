@@ -161,11 +161,13 @@ class ThreadGovernor:
     seconds, others = (busy CPU seconds of this process's CPUs in /proc/stat - this
     process's own CPU seconds) / wall seconds, and threads = cores - others rounded, at
     least 1. The first decision (`start`, at import) cannot wait for a window: it takes
-    others = the tasks runnable at that instant (`read_running_others`). Hysteresis: the count changes only when cores - others is `band` or more away
-    from it (2 threads on 2 cores stay until other processes take 0.55 of a core; a
-    competitor that shares the 2 cores with our 2 threads gets at least 2/3 of one).
-    Without /proc/stat, others = the 1-minute load average minus this process's own CPU
-    use (and, without /proc/loadavg, the load average at start). The readers and `apply` are arguments so that tests can feed fake readings."""
+    others = the tasks runnable at that instant (`read_running_others`). Hysteresis: the
+    count changes only when cores - others is `band` or more away from it (2 threads on 2
+    cores stay until other processes take 0.55 of a core; a competitor that shares the 2
+    cores with our 2 threads gets at least 2/3 of one). Without /proc/stat, others = the
+    1-minute load average minus this process's own CPU use (and, without /proc/loadavg,
+    the load average at start). The readers and `apply` are arguments so that tests can
+    feed fake readings."""
 
     def __init__(self, cores: int | None = None, every: float = 2.0, band: float = 0.55,
                  read_busy=read_busy_seconds, read_own=time.process_time, clock=time.monotonic,

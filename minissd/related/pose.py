@@ -239,7 +239,7 @@ def _probe_then_refine(field0, field_of, starts, run, K, image, pcfg: PoseConfig
             probes.append(probe(field0, c, K, image, pcfg, n_samples, near_min, generator, callback))
             continue
         st = run(c, pcfg.probe_steps, None)
-        c2w = st["history"][-1] if st["history"] else c
+        c2w = _last_camera(st)
         probes.append({**st, "c2w": c2w,
                        "score": image_loss(field_of(st), c2w, K, image, n_samples, near_min)})
     k = min(range(len(probes)), key=lambda i: probes[i]["score"])
@@ -254,9 +254,13 @@ def _probe_then_refine(field0, field_of, starts, run, K, image, pcfg: PoseConfig
     return state
 
 
+def _last_camera(state: dict) -> torch.Tensor:
+    """The camera after a run's last step (its start when it made none)."""
+    return state["history"][-1] if state["history"] else state["c2w0"]
+
+
 def _result(best: dict, starts, **code) -> dict:
-    c2w = best["history"][-1] if best["history"] else best["c2w0"]
-    return {"c2w": c2w, **code, "history": best["history"], "losses": best["losses"],
+    return {"c2w": _last_camera(best), **code, "history": best["history"], "losses": best["losses"],
             "starts": starts, "probe_losses": best["probe_losses"], "kept": best["kept"],
             "probe_c2w": best["probe_c2w"], "probe": best["probe"]}
 
@@ -265,12 +269,13 @@ def _result(best: dict, starts, **code) -> dict:
 def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfig | None = None,
                      generator=None, callback=None) -> dict:
     """Pose and codes of one unposed image (H, W, 3) (CodeNeRF eq. 5). Returns {"c2w" (4, 4),
-    "codes" (1, 2, D), "history": [c2w after each step, kept probe then refinement], "losses", "starts", "probe_losses" (each probe's full-image score), "kept"
-    (index of the kept start), "probe_c2w" (each probe's final camera), "probe" (the mode)}.
+    "codes" (1, 2, D), "history": [c2w after each step, kept probe then refinement],
+    "losses", "starts", "probe_losses" (each probe's full-image score), "kept" (index of the
+    kept start), "probe_c2w" (each probe's final camera), "probe" (the mode)}.
     callback(step, c2w, codes, loss) after every step (codes None in camera-only probes)."""
     pcfg = pcfg or PoseConfig()
-    cams, losses = grid_search(model.field(model.mean_code()), image, K, pcfg, model.cfg.n_samples,
-                               model.cfg.near_min)
+    field0 = model.field(model.mean_code())                              # the mean codes' field
+    cams, losses = grid_search(field0, image, K, pcfg, model.cfg.n_samples, model.cfg.near_min)
     starts = pick_starts(cams, losses, pcfg)
 
     def run(c2w0, n, state):
@@ -290,9 +295,8 @@ def unposed_codenerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConf
             _record(state, step, camera(c2w0, p).detach(), codes.detach(), loss, callback)
         return state
 
-    best = _probe_then_refine(model.field(model.mean_code()),
-                              lambda st: model.field(st["codes"].detach()), starts, run, K, image,
-                              pcfg, probe_mode(pcfg, "codenerf"), model.cfg.n_samples,
+    best = _probe_then_refine(field0, lambda st: model.field(st["codes"].detach()), starts, run,
+                              K, image, pcfg, probe_mode(pcfg, "codenerf"), model.cfg.n_samples,
                               model.cfg.near_min, generator, callback)
     return _result(best, starts, codes=best["codes"].detach())
 
@@ -310,7 +314,8 @@ def unposed_ssdnerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfi
     pcfg = pcfg or PoseConfig()
     cfg, tcfg = model.cfg, model.test
     mean = model.codes.mean(dim=0, keepdim=True)                         # (1, 3, C, R, R)
-    cams, losses = grid_search(model.field(mean), image, K, pcfg, cfg.n_samples, cfg.near_min)
+    field0 = model.field(mean)
+    cams, losses = grid_search(field0, image, K, pcfg, cfg.n_samples, cfg.near_min)
     starts = pick_starts(cams, losses, pcfg)
     idx = torch.zeros(1, dtype=torch.long, device=image.device)
 
@@ -338,7 +343,7 @@ def unposed_ssdnerf(model, image: torch.Tensor, K: torch.Tensor, pcfg: PoseConfi
             _record(state, step, c2w, bank.activated(), loss, callback)
         return state
 
-    best = _probe_then_refine(model.field(mean), lambda st: model.field(st["bank"].activated()),
+    best = _probe_then_refine(field0, lambda st: model.field(st["bank"].activated()),
                               starts, run, K, image, pcfg, probe_mode(pcfg, "ssdnerf"),
                               cfg.n_samples, cfg.near_min, generator, callback)
     return _result(best, starts, code=best["bank"].activated())

@@ -251,14 +251,19 @@ def model_key(category, mode, cfg: Config) -> str:
     return f"{category}-{mode}-{cfg.name}-{cfg.views_per_scene or 'all'}v-{cfg.iters}it-{config_digest(cfg)}"
 
 
-def find_model_file(key: str) -> str | None:
-    """KEY.pt shipped (model_dirs()) or cached (cache_dir()/models), or None; every model
-    kind's load_or_train looks here first."""
-    for path in ([os.path.join(d, key + ".pt") for d in model_dirs()]
-                 + [os.path.join(cache_dir(), "models", key + ".pt")]):
+def shipped_model_file(key: str) -> str | None:
+    """KEY.pt in a folder of shipped models (model_dirs()), or None."""
+    for path in [os.path.join(d, key + ".pt") for d in model_dirs()]:
         if os.path.exists(path):
             return path
     return None
+
+
+def find_model_file(key: str) -> str | None:
+    """KEY.pt shipped (shipped_model_file) or cached (cache_dir()/models), or None; every
+    model kind's load_or_train looks here first."""
+    cached = os.path.join(cache_dir(), "models", key + ".pt")
+    return shipped_model_file(key) or (cached if os.path.exists(cached) else None)
 
 
 def find_model(category: str, mode: str, cfg: Config) -> str | None:
